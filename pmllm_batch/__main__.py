@@ -1,0 +1,3 @@
+from pmllm_batch.cli import main
+
+raise SystemExit(main())

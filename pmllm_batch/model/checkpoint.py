@@ -1,0 +1,132 @@
+"""Adapter checkpoints: projector + fusion weights (safetensors) and ``pmllm_config.json``.
+
+The base models are never saved here: the JSON names them (vision id, LLM id) with the shapes the
+adapter was trained for, so loading into a mismatched LLM or tower fails with one sentence.
+Weights load through safetensors only (never pickles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pmllm_batch.errors import ModelLoadError
+from pmllm_batch.version import __version__
+
+if TYPE_CHECKING:
+    from pmllm_batch.model.pmllm import PMLLM
+
+ADAPTER_FILE = "adapter.safetensors"
+CONFIG_FILE = "pmllm_config.json"
+FORMAT_VERSION = 1
+
+
+def adapter_state_dict(model: PMLLM) -> dict[str, torch.Tensor]:
+    state = {f"projector.{k}": v for k, v in model.projector.state_dict().items()}
+    state.update({f"fusion.{k}": v for k, v in model.fused.fusion_blocks.state_dict().items()})
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def base_signature(model: PMLLM) -> dict[str, Any]:
+    """What an adapter must match: the LLM's and the tower's identity and shapes."""
+    lm_cfg = model.fused.lm.config
+    return {
+        "lm": {
+            "name_or_path": model.cfg.lm.name_or_path,
+            "model_type": lm_cfg.model_type,
+            "hidden_size": int(lm_cfg.hidden_size),
+            "num_hidden_layers": int(lm_cfg.num_hidden_layers),
+            "vocab_size": int(lm_cfg.vocab_size),
+        },
+        "vision": {
+            "model_name": model.cfg.vision.model_name if model.cfg.vision.arch is None else "custom",
+            "pretrained": model.cfg.vision.pretrained if model.cfg.vision.arch is None else None,
+            "width": int(model.d_vis),
+            "image_size": int(model.preprocess.image_size),
+        },
+        "level_token_ids": [int(i) for i in model.level_ids.tolist()],
+    }
+
+
+def save_adapter(model: PMLLM, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state_dict(model), str(out / ADAPTER_FILE))
+    import open_clip
+    import transformers
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "preprocess": model.preprocess.to_dict(),
+        "base": base_signature(model),
+        "versions": {
+            "pmllm_batch": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "open_clip": open_clip.__version__,
+        },
+        "demo": bool(model.cfg.demo),
+        **(extra or {}),
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    cfg_file = p / CONFIG_FILE
+    if not cfg_file.is_file() or not (p / ADAPTER_FILE).is_file():
+        raise ModelLoadError(f"{p} is not an adapter checkpoint (expected {CONFIG_FILE} and {ADAPTER_FILE}).")
+    try:
+        data = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {cfg_file}: {exc}.") from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{cfg_file} has format version {data.get('format_version')}, expected {FORMAT_VERSION}.")
+    return data
+
+
+def load_adapter(model: PMLLM, path: str | Path) -> dict[str, Any]:
+    """Load adapter weights into ``model`` after checking that the base models match."""
+    from safetensors.torch import load_file
+
+    meta = read_adapter_config(path)
+    want, have = meta["base"], base_signature(model)
+    for part in ("lm", "vision"):
+        for key in ("model_type", "hidden_size", "vocab_size", "width", "image_size"):
+            if key in want[part] and want[part][key] != have[part].get(key):
+                raise ModelLoadError(
+                    f"adapter {path} was trained for {part} {want[part].get('name_or_path') or want[part].get('model_name')}"
+                    f" ({key} {want[part][key]}) but the loaded {part} has {key} {have[part].get(key)}."
+                )
+    if want["level_token_ids"] != have["level_token_ids"]:
+        raise ModelLoadError(f"adapter {path} was trained with a different tokenizer (rating-level tokens differ).")
+    state = load_file(str(Path(path) / ADAPTER_FILE))
+    proj = {k[len("projector.") :]: v for k, v in state.items() if k.startswith("projector.")}
+    fus = {k[len("fusion.") :]: v for k, v in state.items() if k.startswith("fusion.")}
+    try:
+        model.projector.load_state_dict(proj, strict=True)
+        model.fused.fusion_blocks.load_state_dict(fus, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelLoadError(f"adapter {path} does not fit this model's projector/fusion layout: {first}") from None
+    return meta
+
+
+def fingerprint(model: PMLLM, vision_graph_id: str | None = None) -> str:
+    """A stable id of everything that determines a score: adapter weights, architecture, base models."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"cfg": model.cfg.to_dict(), "base": base_signature(model)}, sort_keys=True).encode())
+    for k, v in sorted(adapter_state_dict(model).items()):
+        h.update(k.encode())
+        h.update(v.numpy().tobytes())
+    if vision_graph_id:
+        h.update(vision_graph_id.encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,100 @@
+"""Build the *base* models of the demo preset: a tiny open_clip ViT and a tiny Llama-layout LM.
+
+Both are random (seeded) and frozen; only the adapter on top is trained (``scripts/train_demo.sh``).
+The tokenizer is a word-level tokenizer built offline over the persona/prompt vocabulary, with a small
+chat template, so the demo exercises the same prompt path as real chat models. Words outside that
+vocabulary (free notes, rare nationalities) become ``[UNK]``: the demo cannot read them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import torch
+
+from pmllm_batch.model.config import ModelCfg
+from pmllm_batch.model.prompts import ANSWER_HINT, QUESTION, render_persona
+from pmllm_batch.profiles import BIG_FIVE, Profile
+
+SPECIAL = ["[PAD]", "[UNK]", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\nRating:{% endif %}"
+)
+AGE_BINS = ["18-21", "22-25", "26-29", "30-34", "35-40", "41-50", "51-60", "61-70"]
+GENDERS = ["male", "female", "non-binary"]
+EDUCATION = ["primary", "junior high school", "senior high school", "technical secondary school",
+             "university", "bachelor", "master", "doctor"]
+EXPERIENCE = ["beginner", "competent", "proficient", "expert"]
+EXTRA_WORDS = ("years photography art experience education nationality gender interest in average of over items "
+               "low moderate high photo photos landscape portrait street nature colour color bright dark warm cool "
+               "calm sharp soft vivid muted likes dislikes loves prefers austrian german chinese american british "
+               "french italian spanish dutch indian japanese")
+
+
+def _corpus() -> list[str]:
+    texts = [QUESTION, ANSWER_HINT, "Rating:", " ".join(str(i) for i in range(0, 131)), EXTRA_WORDS]
+    for age, gender, edu, exp in itertools.product(AGE_BINS, GENDERS, EDUCATION, EXPERIENCE):
+        texts.append(render_persona(Profile(name="x", age=age, gender=gender, education=edu,
+                                            art_experience=exp, photography_experience=exp)))
+    for value in range(1, 11):
+        texts.append(render_persona(Profile(name="x", big_five=dict.fromkeys(BIG_FIVE, float(value)))))
+    texts.append(render_persona(Profile(name="x", art_interest={"a": 1.0})))
+    texts.append(render_persona(Profile(name="x", age=30, art_interest={"a": 5.0, "b": "street"}, notes="x")))
+    texts.append(render_persona(Profile(name="x")))
+    return texts
+
+
+def build_tokenizer(out_dir: Path) -> object:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tokenizers.trainers import WordLevelTrainer
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(_corpus(), WordLevelTrainer(special_tokens=SPECIAL, min_frequency=1))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]", pad_token="[PAD]",
+        additional_special_tokens=SPECIAL[4:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_demo_base(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write ``lm/`` (config, weights, tokenizer) and ``vision.safetensors`` into ``out_dir``."""
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pmllm_batch.model.factory import get_preset
+
+    out = Path(out_dir)
+    (out / "lm").mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out / "lm")
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        # A larger init than HF's 0.02 so the random frozen layers actually mix the persona into later
+        # positions (with 0.02 the attention output is ~2% of the residual and the profile is nearly invisible).
+        initializer_range=0.2,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    lm = LlamaForCausalLM(config)
+    lm.save_pretrained(out / "lm")
+    arch = dict(ModelCfg.from_dict(get_preset("demo")["model"]).vision.arch or {})
+    embed_dim = int(arch.pop("embed_dim"))
+    visual = _build_vision_tower(embed_dim, CLIPVisionCfg(**arch))
+    save_file({k: v.contiguous() for k, v in visual.state_dict().items()}, str(out / "vision.safetensors"))
+    (out / "BASE_README.txt").write_text(
+        "Demo base models: random (seed %d) tiny ViT and tiny Llama-layout LM, built by "
+        "pmllm_batch.model.demo.build_demo_base. Not trained, not real models.\n" % seed
+    )
+    (out / "lm" / "generation_config.json").unlink(missing_ok=True)
+    json.dumps({})
+    return out

@@ -1,0 +1,159 @@
+"""Presets and model creation (open_clip-style factory).
+
+A preset is a JSON file in ``model_configs/`` (file stem = preset name) holding an architecture
+(``model``) and optionally a default adapter. ``create_model`` resolves weights: open_clip tags and
+Hugging Face ids through their usual caches, local folders as they are, ``pkg:`` paths inside this
+package (the shipped demo). With ``offline=True`` nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pmllm_batch.errors import ConfigError, ModelLoadError
+from pmllm_batch.log import get_logger
+from pmllm_batch.model.config import ModelCfg
+
+log = get_logger("factory")
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def _rescan() -> None:
+    _PRESETS.clear()
+    for f in sorted(_CONFIG_DIR.glob("*.json")):
+        _PRESETS[f.stem] = json.loads(f.read_text())
+
+
+def list_presets() -> list[str]:
+    if not _PRESETS:
+        _rescan()
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """A deep copy of a preset: ``{"model": {...}, "adapter": path | None}``."""
+    presets = list_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset '{name}'; available presets: {', '.join(presets)}.")
+    return copy.deepcopy(_PRESETS[name])
+
+
+def resolve_path(value: str | None) -> str | None:
+    """``pkg:relative/path`` → a path inside the installed package; anything else unchanged."""
+    if value and value.startswith("pkg:"):
+        return str(_PACKAGE_DIR / value[4:])
+    return value
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ConfigError(f"lm.dtype must be auto, float32, bfloat16 or float16, not '{name}'.") from None
+
+
+def load_lm_and_tokenizer(
+    name_or_path: str, *, revision: str | None = None, offline: bool = False, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """Load a Hugging Face causal LM and tokenizer; ``trust_remote_code`` stays off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name_or_path).is_dir()
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            name_or_path, revision=revision, local_files_only=offline or local, trust_remote_code=False
+        )
+        lm = AutoModelForCausalLM.from_pretrained(
+            name_or_path, revision=revision, local_files_only=offline or local, trust_remote_code=False, dtype=dtype
+        )
+    except (OSError, ValueError) as exc:
+        if offline and not local:
+            raise ModelLoadError(
+                f"LLM '{name_or_path}' is not in the local Hugging Face cache and offline = true; download it once "
+                f"with `hf download {name_or_path}` (or point lm.name_or_path at a local folder)."
+            ) from None
+        raise ModelLoadError(f"could not load LLM '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    lm.eval()
+    return lm, tok
+
+
+def model_cfg_for(preset: str | None = None, checkpoint: str | None = None) -> tuple[ModelCfg, str | None]:
+    """Architecture and adapter path for a preset and/or an adapter checkpoint folder.
+
+    An explicit checkpoint carries its own architecture (``pmllm_config.json``), which wins.
+    ``checkpoint="none"`` means: no adapter (fresh, zero-initialised fusion).
+    """
+    from pmllm_batch.model.checkpoint import read_adapter_config
+
+    adapter: str | None
+    if checkpoint and checkpoint != "none":
+        adapter = resolve_path(checkpoint)
+        meta = read_adapter_config(adapter or "")
+        return ModelCfg.from_dict(meta["model"]), adapter
+    data = get_preset(preset or "demo")
+    cfg = ModelCfg.from_dict(data["model"])
+    adapter = None if checkpoint == "none" else resolve_path(data.get("adapter"))
+    return cfg, adapter
+
+
+def create_model(
+    preset: str | None = "demo",
+    checkpoint: str | None = None,
+    *,
+    offline: bool = False,
+    device: str | torch.device = "cpu",
+    with_vision: bool = True,
+    cache_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Build a ready-to-score :class:`PMLLM`.
+
+    Args:
+        preset: preset name (``demo``, ``cpu``, ``paper``, or a user file added to model_configs).
+        checkpoint: adapter folder, ``"none"`` for an untrained adapter, or None for the preset's default.
+        offline: never touch the network; missing weights raise ModelLoadError naming what to download.
+        device: torch device for the LLM (and the torch vision tower).
+        with_vision: also build the torch vision tower (not needed when ONNX vision is used).
+        overrides: nested dict merged into the architecture config before building (e.g. fusion gate).
+    """
+    from pmllm_batch.model.checkpoint import load_adapter
+    from pmllm_batch.model.pmllm import PMLLM
+    from pmllm_batch.model.vision import build_vision_tower
+
+    cfg, adapter = model_cfg_for(preset, checkpoint)
+    if overrides:
+        merged = cfg.to_dict()
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                merged[section].update(values)
+            else:
+                merged[section] = values
+        cfg = ModelCfg.from_dict(merged)
+    dev = torch.device(device)
+    cfg.vision.checkpoint = resolve_path(cfg.vision.checkpoint)
+    # Without a torch tower (ONNX vision) only its width and preprocessing are needed: skip the weights.
+    tower, pre = build_vision_tower(cfg.vision, offline=offline, cache_dir=cache_dir, load_weights=with_vision)
+    d_vis = tower.width
+    if not with_vision:
+        tower = None
+    lm_path = resolve_path(cfg.lm.name_or_path) or cfg.lm.name_or_path
+    lm, tok = load_lm_and_tokenizer(lm_path, revision=cfg.lm.revision, offline=offline, dtype=_dtype(cfg.lm.dtype, dev))
+    lm.to(dev)
+    if tower is not None:
+        tower.to(dev)
+    model = PMLLM(cfg, tower, lm, tok, pre, d_vis=d_vis)
+    if adapter:
+        load_adapter(model, adapter)
+        log.info("loaded adapter %s", adapter)
+    model.eval()
+    return model

@@ -1,0 +1,68 @@
+"""Selective fusion: profile-gated injection of visual tokens into an LLM's hidden states.
+
+Our reading of P-MLLM (arXiv 2604.17233) — the paper does not publish the equations, so the form
+below is our decision (DESIGN §2)::
+
+    h ← h + m ⊙ σ(W_g·LN(h)) ⊙ W_o·XAttn(q = LN(h), kv = visual tokens)
+
+* The gate is computed per token from that token's *own* hidden state. Below the image tag that state
+  has already read the persona, so the amount and the kind of visual information let in depend on the
+  profile: this is what makes the injection "selective".
+* ``W_o`` starts at zero (open_flamingo's zero-init gate idea), so an untrained module is the identity
+  and the wrapped LLM is exactly the frozen LLM.
+* ``m`` is a position mask: 1 from the image tag onward, 0 on the persona prefix. The prefix is then
+  image-independent and its KV cache can be computed once per profile.
+
+Based on the gated cross-attention of open_flamingo (``helpers.py``, MIT licence), rewritten.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelectiveFusionBlock(nn.Module):
+    """One fusion module for one decoder block.
+
+    Args:
+        dim: LLM hidden width D.
+        num_heads: cross-attention heads (D must be divisible by it).
+        gate: ``"selective"`` (sigmoid gate from LN(h)) or ``"open"`` (gate fixed to 1, a control).
+    """
+
+    def __init__(self, dim: int, num_heads: int, gate: str = "selective") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"fusion width {dim} is not divisible by {num_heads} heads")
+        self.dim, self.num_heads, self.gate_mode = dim, num_heads, gate
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.to_gate = nn.Linear(dim, dim)
+        nn.init.zeros_(self.to_out.weight)  # identity at initialisation
+
+    def forward(self, hidden: torch.Tensor, visual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Return the fused hidden states.
+
+        Args:
+            hidden: shape (B, T, D), the decoder block's input.
+            visual: shape (B, N, D), projected visual tokens (one image per row).
+            mask: shape (B, T) or (1, T), 1.0 where fusion applies (image tag onward), else 0.0.
+
+        Returns:
+            shape (B, T, D).
+        """
+        b, t, d = hidden.shape
+        h = self.norm(hidden)
+        q = self.to_q(h).view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+        k, v = self.to_kv(visual.to(h.dtype)).chunk(2, dim=-1)
+        k = k.view(b, -1, self.num_heads, d // self.num_heads).transpose(1, 2)
+        v = v.view(b, -1, self.num_heads, d // self.num_heads).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        update = self.to_out(attn)
+        if self.gate_mode == "selective":
+            update = torch.sigmoid(self.to_gate(h)) * update
+        return hidden + mask.to(update.dtype).unsqueeze(-1) * update

@@ -1,0 +1,184 @@
+"""Vision tower: an open_clip ViT returning patch tokens (LLaVA convention by default).
+
+Only this module and ``export/`` import open_clip; the ONNX runtime path does not need it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pmllm_batch.errors import ModelLoadError
+from pmllm_batch.log import get_logger
+from pmllm_batch.model.config import VisionCfg
+from pmllm_batch.runtime.preprocess import PreprocessCfg
+
+log = get_logger("vision")
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class VisionTower(nn.Module):
+    """Frozen open_clip ``VisionTransformer`` → patch tokens.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (``model.visual``).
+        select_layer: which block's output to take; negative counts from the end (-2 = penultimate).
+        select_feature: ``"patch"`` (drop CLS, LLaVA) or ``"cls_patch"`` (keep it first).
+    """
+
+    def __init__(self, visual: nn.Module, select_layer: int = -2, select_feature: str = "patch") -> None:
+        super().__init__()
+        if select_feature not in ("patch", "cls_patch"):
+            raise ModelLoadError(f"vision.select_feature must be 'patch' or 'cls_patch', not '{select_feature}'.")
+        self.visual = visual
+        n_blocks = len(visual.transformer.resblocks)
+        index = select_layer if select_layer >= 0 else n_blocks + select_layer
+        if not 0 <= index < n_blocks:
+            raise ModelLoadError(f"vision.select_layer {select_layer} is outside a tower of {n_blocks} blocks.")
+        self.block_index = index
+        self.select_feature = select_feature
+        self.width: int = int(visual.transformer.width)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VisionTower:  # the tower is frozen: never leave eval mode
+        return super().train(False)
+
+    def num_tokens(self, image_size: int) -> int:
+        patch = self.visual.patch_size[0]
+        return (image_size // patch) ** 2 + (1 if self.select_feature == "cls_patch" else 0)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Args: pixel_values, shape (B, 3, S, S), normalised. Returns: tokens, shape (B, N, D_vis)."""
+        out = self.visual.forward_intermediates(
+            pixel_values,
+            indices=[self.block_index],
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NLC",
+            output_extra_tokens=self.select_feature == "cls_patch",
+        )
+        tokens = out["image_intermediates"][0]
+        if self.select_feature == "cls_patch":
+            tokens = torch.cat([out["image_intermediates_prefix"][0], tokens], dim=1)
+        return tokens
+
+
+class VisionEncoder(nn.Module):
+    """Vision tower + projector: the part exported to ONNX (``pixel_values`` → ``visual_tokens``)."""
+
+    def __init__(self, tower: VisionTower, projector: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+        self.projector = projector
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Args: pixel_values (B, 3, S, S) float32. Returns: visual tokens (B, N, D_lm)."""
+        return self.projector(self.tower(pixel_values))
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _find_cached_open_clip(model_name: str, tag: str, cache_dir: str | None) -> str | None:
+    """Path of already-downloaded open_clip weights for (model, tag), without touching the network."""
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not pcfg:
+        return None
+    hub = pcfg.get("hf_hub")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = hub.rstrip("/")
+        for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir)
+            if isinstance(found, str):
+                return found
+    url = pcfg.get("url")
+    if url:
+        candidate = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(url)
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def _load_safetensors_into(module: nn.Module, path: Path, what: str) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelLoadError(f"{what} weights not found at {path}.")
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{what} weights at {path} do not fit the configured architecture "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)."
+        )
+
+
+def build_vision_tower(
+    cfg: VisionCfg, *, offline: bool = False, cache_dir: str | None = None, load_weights: bool = True
+) -> tuple[VisionTower, PreprocessCfg]:
+    """Create the frozen tower and its preprocessing from a :class:`VisionCfg`.
+
+    Weights come from ``cfg.checkpoint`` (a local file), or the open_clip ``pretrained`` tag (Hugging
+    Face / open_clip caches). With ``offline`` nothing touches the network: a tag whose weights are not
+    cached raises :class:`ModelLoadError` naming what to download. ``load_weights=False`` gives random
+    weights of the same shape (benchmarks, paper-shape checks).
+    """
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    if cfg.arch is not None:
+        arch = dict(cfg.arch)
+        embed_dim = int(arch.pop("embed_dim", arch.get("width", 64)))
+        visual = _build_vision_tower(embed_dim, CLIPVisionCfg(**arch))
+        if cfg.checkpoint and load_weights:
+            _load_safetensors_into(visual, Path(cfg.checkpoint), "vision tower")
+        image_size = int(cfg.image_size or arch.get("image_size", 224))
+        pre = PreprocessCfg(image_size=image_size, mean=tuple(cfg.mean or OPENAI_MEAN), std=tuple(cfg.std or OPENAI_STD))
+    else:
+        if cfg.model_name not in open_clip.list_models():
+            raise ModelLoadError(f"unknown open_clip model '{cfg.model_name}'; see open_clip.list_models().")
+        pretrained: str | None = None
+        kwargs: dict[str, Any] = {}
+        pcfg = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) if cfg.pretrained else {}
+        if pcfg.get("quick_gelu"):
+            kwargs["force_quick_gelu"] = True
+        if load_weights and cfg.checkpoint:
+            if not Path(cfg.checkpoint).is_file():
+                raise ModelLoadError(f"vision checkpoint {cfg.checkpoint} does not exist.")
+            pretrained = cfg.checkpoint
+        elif load_weights and cfg.pretrained:
+            if offline:
+                pretrained = _find_cached_open_clip(cfg.model_name, cfg.pretrained, cache_dir)
+                if pretrained is None:
+                    hub = (pcfg or {}).get("hf_hub", "its open_clip source")
+                    raise ModelLoadError(
+                        f"open_clip weights {cfg.model_name}/{cfg.pretrained} are not in the local cache and "
+                        f"offline = true; download them once with network access (Hugging Face repo "
+                        f"{hub.rstrip('/')}) or set vision.checkpoint to a local file."
+                    )
+            else:
+                pretrained = cfg.pretrained
+        try:
+            model = open_clip.create_model(cfg.model_name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load open_clip {cfg.model_name} ({pretrained}): {exc}") from None
+        visual = model.visual
+        del model  # the text tower is never used
+        from pmllm_batch.runtime.preprocess import preprocess_cfg_from_open_clip
+
+        pre = preprocess_cfg_from_open_clip(visual)
+    tower = VisionTower(visual, cfg.select_layer, cfg.select_feature)
+    return tower, pre
