@@ -1,0 +1,1 @@
+"""Inference runtime: preprocessing, vision sessions, model loading and caching."""

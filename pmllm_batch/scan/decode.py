@@ -1,0 +1,339 @@
+"""Decode one photo safely: size guard before pixels, full load, EXIF orientation applied, EXIF facts read.
+
+Every failure becomes a :class:`DecodeError` with a short ``reason`` code (design §7), so the scan records a failed
+photo row and goes on. Nothing here changes global PIL state (``Image.MAX_IMAGE_PIXELS``,
+``ImageFile.LOAD_TRUNCATED_IMAGES``) or the global warning filters, because decoding may run in worker threads next
+to other PIL users.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import exifread
+from exifread.core.exceptions import ExifNotFound
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pmllm_batch.scan.discover import sniff_format
+
+__all__ = ["DecodeError", "DecodedPhoto", "ExifInfo", "decode_photo", "read_exif", "register_heif", "REASONS"]
+
+#: Every ``DecodeError.reason`` this module can produce.
+REASONS: frozenset[str] = frozenset(
+    {
+        "vanished",
+        "unreadable",
+        "empty",
+        "not_an_image",
+        "unsupported_format",
+        "truncated",
+        "decompression_bomb",
+        "broken_exif",
+    }
+)
+
+_ORIENTATION_TAG = 0x0112
+
+# ---------------------------------------------------------------------------------------------------------------------
+# EXIF facts (exifread)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExifInfo:
+    """EXIF facts stored with a photo row. Every field is optional: most files lack some of them.
+
+    ``orientation`` is the raw tag as written in the file. It describes the stored pixels, not the image that
+    :func:`decode_photo` returns (always upright); for HEIF the decoder already applies the rotation itself.
+    """
+
+    taken_at: str | None = None  # 'YYYY-MM-DDTHH:MM:SS' from DateTimeOriginal, else DateTime; no timezone
+    camera_make: str | None = None  # e.g. "Canon"
+    camera_model: str | None = None  # e.g. "Canon EOS 40D"
+    orientation: int | None = None  # EXIF Orientation 1..8 as stored; None when absent or out of range
+    warning: str | None = None  # "exif: ..." when exifread failed; the photo itself is still fine
+
+
+def _tag_text(tags: dict[str, Any], key: str) -> str | None:
+    tag = tags.get(key)
+    if tag is None:
+        return None
+    values = getattr(tag, "values", tag)
+    if isinstance(values, bytes):
+        values = values.decode("utf-8", errors="replace")
+    if not isinstance(values, str):
+        return None
+    # Cameras pad ASCII fields with NULs and spaces.
+    text = values.replace("\x00", " ").strip()
+    return text or None
+
+
+def _parse_exif_datetime(text: str | None) -> str | None:
+    if not text:
+        return None
+    head = text.strip()[:19]
+    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y/%m/%d %H:%M:%S"):
+        try:
+            return datetime.strptime(head, fmt).isoformat(timespec="seconds")
+        except ValueError:
+            continue
+    # "0000:00:00 00:00:00" and blanks are common placeholders for "unknown".
+    return None
+
+
+def _tag_orientation(tags: dict[str, Any]) -> int | None:
+    tag = tags.get("Image Orientation")
+    if tag is None:
+        return None
+    values = getattr(tag, "values", None)
+    if isinstance(values, list | tuple) and values:
+        values = values[0]
+    if isinstance(values, int) and 1 <= values <= 8:
+        return values
+    return None
+
+
+_capture = threading.local()
+
+
+class _ExifreadCapture(logging.Filter):
+    """Collect exifread's warnings while :func:`read_exif` runs in this thread, and keep them off stderr.
+
+    exifread reports problems ("Possibly corrupted IFD", "PNG file does not have exif data") as WARNING log records
+    rather than exceptions. Unconfigured, those reach stderr through logging's last-resort handler for thousands
+    of ordinary photos. Inside read_exif they are demoted to DEBUG (still visible with debug logging) and real
+    problems are stored in ``ExifInfo.warning`` on the photo's row instead. Thread-local, so parallel decoders do
+    not mix their messages.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink: list[str] | None = getattr(_capture, "messages", None)
+        if sink is None:
+            return True
+        # "no EXIF in this file" is the normal case for PNG/GIF/WebP, not a warning worth storing.
+        if record.levelno >= logging.WARNING and not isinstance(record.msg, ExifNotFound):
+            sink.append(record.getMessage())
+        record.levelno = logging.DEBUG
+        record.levelname = logging.getLevelName(logging.DEBUG)
+        return True
+
+
+_EXIFREAD_LOGGER = logging.getLogger("exifread")
+if not any(isinstance(f, _ExifreadCapture) for f in _EXIFREAD_LOGGER.filters):
+    _EXIFREAD_LOGGER.addFilter(_ExifreadCapture())
+
+
+def read_exif(path: str | os.PathLike[str]) -> ExifInfo:
+    """Read capture time, camera and orientation with exifread.
+
+    Args:
+        path: Photo file (JPEG, TIFF, HEIF, PNG, WebP, ... whatever exifread understands).
+
+    Returns:
+        The facts found. Never raises: a missing file, an unreadable file or any exifread failure gives an
+        :class:`ExifInfo` whose ``warning`` says what went wrong (``"exif: ..."``); warnings exifread only logs
+        (corrupt fields) are kept there too, next to whatever facts were still read.
+    """
+    messages: list[str] = []
+    _capture.messages = messages
+    try:
+        with open(path, "rb") as fh:
+            tags = exifread.process_file(fh, details=False, extract_thumbnail=False)
+    except Exception as exc:  # noqa: BLE001 - exifread raises anything on hostile input; EXIF facts are optional
+        return ExifInfo(warning=f"exif: {type(exc).__name__}: {exc}")
+    finally:
+        _capture.messages = None
+    warning = f"exif: {'; '.join(dict.fromkeys(messages))}" if messages else None
+    try:
+        return ExifInfo(
+            taken_at=_parse_exif_datetime(_tag_text(tags, "EXIF DateTimeOriginal"))
+            or _parse_exif_datetime(_tag_text(tags, "Image DateTime")),
+            camera_make=_tag_text(tags, "Image Make"),
+            camera_model=_tag_text(tags, "Image Model"),
+            orientation=_tag_orientation(tags),
+            warning=warning,
+        )
+    except Exception as exc:  # noqa: BLE001 - odd tag types must not fail the photo
+        return ExifInfo(warning=f"exif: {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Decoding (PIL)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class DecodeError(Exception):
+    """A photo that cannot be decoded; the scan stores ``reason`` and ``message`` on its row.
+
+    Attributes:
+        reason: Short code, one of :data:`REASONS`.
+        message: One human sentence, e.g. ``"image data is truncated"``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[DecodeError], tuple[str, str]]:
+        # Picklable with both fields, so it survives a process-pool boundary in the scan pipeline.
+        return (type(self), (self.reason, self.message))
+
+
+@dataclass
+class DecodedPhoto:
+    """A fully loaded, upright photo.
+
+    Attributes:
+        image: Pixels with the EXIF orientation applied (the Orientation tag removed from its EXIF), detached from
+            the file. The mode is left as decoded (``RGB``, ``L``, ``P``, ``RGBA``, ``CMYK``, ``I;16``, ...); callers
+            convert when they need to. Multi-frame files give their first frame.
+        width: Upright width in pixels.
+        height: Upright height in pixels.
+        format: PIL format name, e.g. ``"JPEG"``, ``"PNG"``, ``"HEIF"``.
+        exif: EXIF facts from :func:`read_exif`.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+    exif: ExifInfo
+
+
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+def register_heif() -> None:
+    """Register pillow-heif's HEIF opener with PIL once per process (safe to call from several threads)."""
+    global _heif_registered
+    if _heif_registered:
+        return
+    with _heif_lock:
+        if not _heif_registered:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+            _heif_registered = True
+
+
+def _open_error(path: Path, exc: BaseException) -> DecodeError:
+    """Classify an exception raised by ``Image.open``."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return DecodeError("decompression_bomb", f"image is too large to decode safely ({exc})")
+    if isinstance(exc, OSError) and not isinstance(exc, UnidentifiedImageError) and exc.errno is not None:
+        if exc.errno == errno.ENOENT:
+            return DecodeError("vanished", "file disappeared while it was being read")
+        return DecodeError("unreadable", f"file cannot be read ({exc.strerror or exc})")
+    kind = sniff_format(path)
+    if kind is None:
+        return DecodeError("not_an_image", "file is not an image")
+    detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({type(exc).__name__}: {exc})"
+    return DecodeError(
+        "unsupported_format", f"file looks like a {kind.upper()} image but no decoder can open it{detail}"
+    )
+
+
+def _check_exif_parses(img: Image.Image) -> None:
+    """Parse the raw EXIF block from scratch; raise if PIL cannot read it.
+
+    ``Image.open`` for JPEG already parses EXIF (for the DPI) and swallows errors, leaving ``getexif()`` quietly empty
+    afterwards, which would make a rotated photo look upright. Parsing the raw bytes again surfaces the failure.
+    """
+    raw = img.info.get("exif")
+    if raw:
+        Image.Exif().load(raw if isinstance(raw, bytes) else bytes(raw))
+    img.getexif()  # other sources: TIFF tags, PNG 'Raw profile type exif', XMP orientation
+
+
+def _decode_open(fh: IO[bytes], path: Path, max_pixels: int) -> DecodedPhoto:
+    try:
+        img = Image.open(fh)
+    except Image.DecompressionBombWarning as exc:
+        # Only reached when the caller's warning filters turn PIL's warning into an error.
+        raise DecodeError("decompression_bomb", f"image is too large to decode safely ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - every plugin raises its own types; all of them mean "cannot open"
+        raise _open_error(path, exc) from exc
+    fmt = img.format or "unknown"
+    width, height = img.size
+    # Checked before any pixel is decoded: Image.open only read the header.
+    if width * height > max_pixels:
+        raise DecodeError(
+            "decompression_bomb",
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}",
+        )
+    try:
+        # Multi-frame files (GIF, APNG, MPO, HEIF sequences) open on their first frame; load() decodes only that one.
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("decompression_bomb", f"image is too large to decode safely ({exc})") from exc
+    except MemoryError as exc:
+        raise DecodeError("decompression_bomb", "image needs more memory than is available to decode") from exc
+    except OSError as exc:
+        if exc.errno is not None and exc.errno != errno.ENOENT:
+            raise DecodeError("unreadable", f"file cannot be read ({exc.strerror or exc})") from exc
+        if "truncated" in str(exc):
+            raise DecodeError("truncated", "image data is truncated") from exc
+        raise DecodeError("truncated", f"image data is corrupt or truncated ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - decoders raise ValueError/SyntaxError/... on corrupt data
+        raise DecodeError("truncated", f"image data is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+    try:
+        _check_exif_parses(img)
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - a broken EXIF block raises anything from SyntaxError to struct.error
+        raise DecodeError(
+            "broken_exif", f"EXIF data is broken, so the photo's orientation is unknown ({type(exc).__name__})"
+        ) from exc
+    if upright is img:
+        # exif_transpose returns a copy today; make sure the result never keeps the file handle we are about to close.
+        upright = img.copy()
+    img.close()
+    return DecodedPhoto(image=upright, width=upright.width, height=upright.height, format=fmt, exif=ExifInfo())
+
+
+def decode_photo(path: str | os.PathLike[str], *, max_pixels: int = 100_000_000) -> DecodedPhoto:
+    """Open, guard, fully decode and orient one photo.
+
+    Args:
+        path: Photo file.
+        max_pixels: Largest ``width * height`` accepted; checked from the header before pixels are decoded, so a
+            tiny file declaring huge dimensions costs nothing. Independent of PIL's global ``MAX_IMAGE_PIXELS``
+            (which still applies on top: PIL refuses images above twice its limit on its own).
+
+    Returns:
+        The upright photo and its EXIF facts.
+
+    Raises:
+        DecodeError: For every failure, with ``reason`` one of :data:`REASONS`: ``vanished`` (file gone),
+            ``unreadable`` (permission or I/O error), ``empty`` (0 bytes), ``not_an_image``, ``unsupported_format``
+            (looks like an image but no decoder opens it), ``decompression_bomb``, ``truncated`` (pixel data ends
+            early or is corrupt), ``broken_exif`` (PIL cannot parse the EXIF that says which way is up).
+    """
+    register_heif()
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError as exc:
+        raise DecodeError("vanished", "file no longer exists") from exc
+    except (OSError, ValueError) as exc:
+        raise DecodeError("unreadable", f"file cannot be accessed ({exc})") from exc
+    if st.st_size == 0:
+        raise DecodeError("empty", "file is empty (0 bytes)")
+    try:
+        fh = open(p, "rb")  # noqa: SIM115 - closed by the with block below; opening separately classifies errors
+    except FileNotFoundError as exc:
+        raise DecodeError("vanished", "file no longer exists") from exc
+    except OSError as exc:
+        raise DecodeError("unreadable", f"file cannot be opened ({exc.strerror or exc})") from exc
+    with fh:
+        photo = _decode_open(fh, p, max_pixels)
+    # exifread reads the file again: it understands more containers and maker quirks than PIL's EXIF parser.
+    return replace(photo, exif=read_exif(p))
