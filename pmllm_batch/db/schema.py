@@ -1,0 +1,202 @@
+"""Database schema (SQLAlchemy 2.x typed ORM) and its named, recorded migrations.
+
+Identity of a photo's *content* is its content hash, not its path: scores and cached visual tokens
+are keyed by hash, so a moved or renamed file keeps its scores, and two identical files are scored
+once. Photos themselves are keyed by path (two identical files at two paths are two rows).
+
+Migrations follow beets' ``dbcore`` (``Database._make_table`` / ``migrations`` table): each one has a
+name and a version, is recorded once applied, and is idempotent (it checks before it changes), so a
+half-applied run that was killed can simply be run again. The store backs up a SQLite file before
+applying a migration to a database that already holds data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    inspect,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+PHOTO_STATUSES = ("ok", "failed", "missing")
+RUN_STATUSES = ("running", "ok", "interrupted", "failed")
+
+# Keys of the ``meta`` table.
+META_SCHEMA_VERSION = "schema_version"
+META_PROFILES_VERSION = "profiles_version"  # bumped by every profile add/change/remove (the daemon polls it)
+META_CURRENT_MODEL = "current_model_id"  # the model whose scores rankings read
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp: SQLite has no time zones, so every stored time is UTC without tzinfo."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class Meta(Base):
+    """Key/value facts about the database itself (schema version, change counters)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class MigrationRecord(Base):
+    """One applied migration (beets keeps the same kind of table)."""
+
+    __tablename__ = "migrations"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    applied_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Photo(Base):
+    """One file found by a scan, whatever its fate (ok, failed to decode, missing since)."""
+
+    __tablename__ = "photos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    root: Mapped[str] = mapped_column(Text, index=True)
+    # Not unique: identical files at two paths are two rows sharing one hash (and one score).
+    content_hash: Mapped[str | None] = mapped_column(String(128), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(32))
+    taken_at: Mapped[str | None] = mapped_column(String(40))  # EXIF capture time, ISO 8601 text as read
+    camera_make: Mapped[str | None] = mapped_column(Text)
+    camera_model: Mapped[str | None] = mapped_column(Text)
+    orientation: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="ok", index=True)  # one of PHOTO_STATUSES
+    error_reason: Mapped[str | None] = mapped_column(String(64))  # short machine reason, e.g. "truncated"
+    error_message: Mapped[str | None] = mapped_column(Text)  # one human sentence
+    exif_warning: Mapped[str | None] = mapped_column(Text)  # EXIF was broken but the pixels decoded
+    first_seen: Mapped[datetime] = mapped_column(DateTime)
+    last_seen: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ProfileModel(Base):
+    """A stored person profile and the persona text it renders to."""
+
+    __tablename__ = "profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    fields_json: Mapped[str] = mapped_column(Text)  # Profile.to_dict(), sorted keys
+    persona: Mapped[str] = mapped_column(Text)
+    persona_hash: Mapped[str] = mapped_column(String(64))  # sha256 of persona; scores are valid for this text only
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ModelRow(Base):
+    """A model fingerprint (base weights + adapter + preset); scores of different models never mix."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128), unique=True)
+    preset: Mapped[str] = mapped_column(String(64))
+    meta_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Score(Base):
+    """How much one profile likes one content hash, according to one model."""
+
+    __tablename__ = "scores"
+    __table_args__ = (
+        UniqueConstraint("content_hash", "profile_id", "model_id", name="uq_scores_hash_profile_model"),
+        # Rankings and "what is left to score" read by (profile, model); the unique index leads with the hash.
+        Index("ix_scores_profile_model", "profile_id", "model_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(128))
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    score: Mapped[float] = mapped_column(Float)
+    probs_json: Mapped[str] = mapped_column(Text)  # rating-level distribution, JSON list of floats
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class VisualTokens(Base):
+    """Cached projector output for one content hash under one vision graph, stored as float16 bytes."""
+
+    __tablename__ = "visual_tokens"
+
+    content_hash: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    shape_json: Mapped[str] = mapped_column(String(64))
+    dtype: Mapped[str] = mapped_column(String(16), default="float16")
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Run(Base):
+    """One batch run (scan, rank, daemon cycle …) with its arguments and summary."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16))  # one of RUN_STATUSES
+    args_json: Mapped[str] = mapped_column(Text)
+    summary_json: Mapped[str | None] = mapped_column(Text)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Migrations
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A named schema step. ``apply`` must be idempotent: it may run again after a killed run."""
+
+    version: int  # schema version the database has after this step
+    name: str  # recorded in the ``migrations`` table
+    apply: Callable[[Connection], None]
+
+
+def _create_tables(conn: Connection) -> None:
+    # create_all skips tables that exist, so this is safe to run twice.
+    Base.metadata.create_all(conn)
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "0001_create_tables", _create_tables),
+]
+
+
+def latest_version() -> int:
+    """Schema version this code writes (the last migration's)."""
+    return MIGRATIONS[-1].version
+
+
+def has_table(conn: Connection, name: str) -> bool:
+    """Whether table ``name`` exists in the connected database."""
+    return inspect(conn).has_table(name)

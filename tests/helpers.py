@@ -1,0 +1,162 @@
+"""Test helper in the style of beets' ``TestHelper``: an isolated HOME/XDG world and an in-process CLI runner.
+
+Usage::
+
+    @pytest.fixture
+    def env(tmp_path):
+        with isolated_env(tmp_path) as e:
+            yield e
+
+    def test_something(env):
+        code, out, err = env.run_cli("status")
+
+Inside ``isolated_env`` ``HOME`` and the ``XDG_*`` folders point into the temp dir and every ``PMLLM_*`` variable
+is removed, so neither a developer's config nor their database can leak in; the default database is
+``env.db_path`` (``$XDG_DATA_HOME/pmllm-batch/library.sqlite``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pmllm_batch.db import Store
+from pmllm_batch.log import LOGGER_NAME
+
+_XDG_VARS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")
+
+
+@dataclass
+class CLIEnv:
+    """Paths of one isolated environment plus helpers that act inside it."""
+
+    root: Path
+    home: Path
+    config_home: Path
+    data_home: Path
+    cache_home: Path
+
+    @property
+    def db_path(self) -> Path:
+        """Where the default settings put the database."""
+        return self.data_home / "pmllm-batch" / "library.sqlite"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    @property
+    def user_config(self) -> Path:
+        """The XDG user config file (not created until :meth:`write_config`)."""
+        return self.config_home / "pmllm-batch" / "config.toml"
+
+    def store(self) -> Store:
+        """A Store on the default database (close it, or use it as a context manager)."""
+        return Store(self.db_url)
+
+    def run_cli(self, *args: str) -> tuple[int, str, str]:
+        """Run ``pmllm-batch *args`` in-process; returns (exit code, stdout, stderr)."""
+        from pmllm_batch.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        logger = logging.getLogger(LOGGER_NAME)
+        # log.setup_logging binds its handler to whatever sys.stderr is when it first runs; point it at our buffer.
+        handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+        previous = [h.stream for h in handlers]
+        try:
+            for h in handlers:
+                h.setStream(err)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(list(args))
+        finally:
+            for h, stream in zip(handlers, previous, strict=True):
+                h.setStream(stream)
+            for h in logger.handlers:  # created during this run (bound to our buffer): hand back to the real stderr
+                if isinstance(h, logging.StreamHandler) and h not in handlers:
+                    h.setStream(sys.stderr)
+        return code, out.getvalue(), err.getvalue()
+
+    def write_profile(self, name: str, **fields: Any) -> Path:
+        """Write ``<root>/profiles/<name>.toml`` with ``name`` and the given fields (tables as dicts)."""
+        path = self.root / "profiles" / f"{name}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_toml({"name": name, **fields}), encoding="utf-8")
+        return path
+
+    def write_config(self, text: str) -> Path:
+        """Write the XDG user config file."""
+        self.user_config.parent.mkdir(parents=True, exist_ok=True)
+        self.user_config.write_text(text, encoding="utf-8")
+        return self.user_config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for flat keys plus one level of tables (enough for profiles and configs)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines.append(f"[{key}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def isolated_env(base: Path) -> Iterator[CLIEnv]:
+    """Point HOME and XDG folders into ``base``, drop ``PMLLM_*`` variables; restore everything on exit."""
+    env = CLIEnv(
+        root=base,
+        home=base / "home",
+        config_home=base / "xdg-config",
+        data_home=base / "xdg-data",
+        cache_home=base / "xdg-cache",
+    )
+    for folder in (env.home, env.config_home, env.data_home, env.cache_home):
+        folder.mkdir(parents=True, exist_ok=True)
+    saved = dict(os.environ)
+    try:
+        for name in list(os.environ):
+            if name.startswith("PMLLM_"):
+                del os.environ[name]
+        os.environ["HOME"] = str(env.home)
+        os.environ["XDG_CONFIG_HOME"] = str(env.config_home)
+        os.environ["XDG_DATA_HOME"] = str(env.data_home)
+        os.environ["XDG_CACHE_HOME"] = str(env.cache_home)
+        os.environ.pop("XDG_STATE_HOME", None)
+        yield env
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root`` (and link targets), to prove a tree was not touched."""
+    digest: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            digest[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            digest[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            digest[rel] = "dir"
+    return digest
