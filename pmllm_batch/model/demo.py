@@ -9,7 +9,6 @@ vocabulary (free notes, rare nationalities) become ``[UNK]``: the demo cannot re
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import torch
@@ -44,6 +43,13 @@ def _corpus() -> list[str]:
     texts.append(render_persona(Profile(name="x", art_interest={"a": 1.0})))
     texts.append(render_persona(Profile(name="x", age=30, art_interest={"a": 5.0, "b": "street"}, notes="x")))
     texts.append(render_persona(Profile(name="x")))
+    # the synthetic task's population (what the demo adapter is trained on)
+    import numpy as np
+
+    from pmllm_batch.train.synthetic import sample_profile
+
+    rng = np.random.default_rng(0)
+    texts.extend(render_persona(sample_profile(rng, f"u{i}")) for i in range(3000))
     return texts
 
 
@@ -96,5 +102,4 @@ def build_demo_base(out_dir: str | Path, seed: int = 0) -> Path:
         "pmllm_batch.model.demo.build_demo_base. Not trained, not real models.\n" % seed
     )
     (out / "lm" / "generation_config.json").unlink(missing_ok=True)
-    json.dumps({})
     return out

@@ -95,9 +95,14 @@ class PromptTokens:
         return len(self.prefix_ids)
 
 
-def prompt_text(tokenizer: Any, persona: str) -> str:
+def attribute_question(attribute: str) -> str:
+    """The paper's question, asked about one aesthetic attribute (PARA attribute ratings)."""
+    return f"Rate the {attribute} of this <image>image</image> based on the persona you are embodying."
+
+
+def prompt_text(tokenizer: Any, persona: str, question: str | None = None) -> str:
     """The full prompt text for a persona (chat template when the tokenizer has one)."""
-    user = f"{QUESTION} {ANSWER_HINT}"
+    user = f"{question or QUESTION} {ANSWER_HINT}"
     if getattr(tokenizer, "chat_template", None):
         try:
             return str(
@@ -117,12 +122,12 @@ def prompt_text(tokenizer: Any, persona: str) -> str:
     return bos + PLAIN_TEMPLATE.format(persona=persona, question=user)
 
 
-def build_prompt(tokenizer: Any, persona: str) -> PromptTokens:
+def build_prompt(tokenizer: Any, persona: str, question: str | None = None) -> PromptTokens:
     """Tokenise the prompt in two pieces split at the image tag.
 
     Both the cached path and the full-prompt path use exactly these ids, so they agree by construction.
     """
-    text = prompt_text(tokenizer, persona)
+    text = prompt_text(tokenizer, persona, question)
     cut = text.find(IMAGE_TAG)
     if cut < 0:
         raise ValueError("the prompt template dropped the image tag")
