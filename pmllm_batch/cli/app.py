@@ -19,10 +19,13 @@ PROG = "pmllm-batch"
 
 # One subcommand module per entry, in the order `--help` lists them. Add new commands here.
 COMMAND_MODULES = [
+    "rank",
     "profile",
     "export",
     "albums",
     "status",
+    "train",
+    "eval",
 ]
 
 

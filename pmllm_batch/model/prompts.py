@@ -30,7 +30,9 @@ _TRAIT_WORDS = {
     "agreeableness": ("critical", "warm"),
     "neuroticism": ("calm", "anxious"),
 }
-_EXPERIENCE_WORDS = {"beginner", "competent", "proficient", "expert", "none", "some", "professional"}
+# Photography experience gets its own words so it cannot be confused with art experience, which uses
+# the same PARA vocabulary (beginner … expert).
+_PHOTOGRAPHER_WORDS = {"beginner": "novice", "competent": "amateur", "proficient": "skilled", "expert": "seasoned"}
 
 
 def _trait_phrase(trait: str, value: float) -> str:
@@ -65,7 +67,9 @@ def render_persona(profile: Profile) -> str:
     if profile.art_experience:
         facts.append(f"art experience {profile.art_experience}")
     if profile.photography_experience:
-        facts.append(f"photography experience {profile.photography_experience}")
+        level = profile.photography_experience
+        word = _PHOTOGRAPHER_WORDS.get(level.lower())
+        facts.append(f"photography experience {level}" + (f" ({word} photographer)" if word else ""))
     lines = ["You are a person who rates photographs."]
     lines.append("About you: " + (", ".join(facts) if facts else "no personal details are known") + ".")
     if profile.big_five:

@@ -1,0 +1,64 @@
+"""``pmllm-batch rank PATH...``: scan folders, score new work for each profile, print the top N."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pmllm_batch.config import Settings
+
+from . import positive_int
+
+DEMO_NOTE = "demo model: these scores show the mechanism on a synthetic task, not real aesthetic judgement"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "rank",
+        help="scan photo folders, score them for each profile, print each profile's top photos",
+        description="Scan PATH folders (recursively), score every new photo for the stored profiles "
+        "(only missing work is done), and print each profile's top N. Nothing is written into the folders.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="photo folder(s)")
+    parser.add_argument("--profile", action="append", metavar="NAME", help="only these profiles (repeatable)")
+    parser.add_argument("--top", type=positive_int, default=10, help="photos to print per profile (default 10)")
+    parser.add_argument("--json", action="store_true",
+                        help="JSON lines: one object per profile ranking, then one summary object")
+    parser.set_defaults(func=run)
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    return (f"scanned {s['scanned']} files: {s['new']} new, {s['changed']} changed, {s['skipped']} unchanged, "
+            f"{s['missing']} missing, {s['failed']} failed; vision encodes {s['encoded']}; "
+            f"scored {s['scored']} (photo, profile) pairs in {s['elapsed_s']:.1f}s")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from pmllm_batch.db import Store
+    from pmllm_batch.scorer.batch import LibraryScorer
+
+    with Store(settings.db_url()) as store:
+        scorer = LibraryScorer(settings, store, progress=not args.quiet and sys.stderr.isatty())
+        summary = scorer.run(args.paths, args.profile)
+        names = args.profile or [p.name for p in store.list_profiles()]
+        rankings = {n: store.ranking(n, top=args.top) for n in names}
+        demo = scorer.models.loaded and bool(scorer.models.get().model.cfg.demo)
+    s = summary.to_dict()
+    if args.json:
+        for name, rows in rankings.items():
+            print(json.dumps({"profile": name, "top": [r.__dict__ for r in rows]}))
+        print(json.dumps({**s, "demo": demo}))
+        return 0
+    out = sys.stdout
+    if demo:
+        out.write(f"note: {DEMO_NOTE}\n")
+    for name, rows in rankings.items():
+        out.write(f"\n{name} — top {len(rows)}\n")
+        for r in rows:
+            out.write(f"{r.rank:4d}. {r.score:.3f}  {r.path}\n")
+    out.write("\n" + _summary_line(s) + "\n")
+    for f in s["failures"]:
+        out.write(f"  failed: {f['path']}: {f['reason']} — {f['message']}\n")
+    return 0

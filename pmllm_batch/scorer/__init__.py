@@ -1,0 +1,1 @@
+"""Library scoring: the one pipeline the CLI and the daemon call."""

@@ -1,0 +1,97 @@
+"""Loading the scoring models once, lazily, and unloading them after an idle time (daemon)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pmllm_batch.log import get_logger
+
+log = get_logger("models")
+
+
+@dataclass
+class LoadedModels:
+    model: Any  # PMLLM (LLM stage, torch)
+    vision: Any  # VisionRunner (ONNX or torch)
+    fingerprint: str  # identifies every score this pair produces
+    preset: str
+
+
+def load_models(settings: Any) -> LoadedModels:
+    """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use)."""
+    import torch
+
+    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.factory import create_model
+    from pmllm_batch.runtime.vision_runner import load_vision_runner
+
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        pass
+    t0 = time.perf_counter()
+    device = settings.resolved_device()
+    model = create_model(
+        settings.model.preset,
+        settings.model.checkpoint or None,
+        offline=settings.model.offline,
+        device=device,
+        with_vision=True,
+    )
+    vision = load_vision_runner(
+        model,
+        backend=settings.vision.backend,
+        variant=settings.vision.variant,
+        cache_root=settings.cache_dir() / "onnx",
+        providers=list(settings.vision.providers),
+        intra_op_threads=settings.vision.intra_op_threads,
+    )
+    if settings.vision.backend == "onnx":
+        model.tower = None  # the ONNX graph replaces it; free the memory
+    fp = fingerprint(model, vision_graph_id=vision.graph_id)
+    log.info(
+        "loaded %s (fingerprint %s, vision %s) in %.1fs on %s%s",
+        model.cfg.name, fp, vision.graph_id, time.perf_counter() - t0, device,
+        " — DEMO model: scores show the mechanism, not real taste" if model.cfg.demo else "",
+    )
+    torch.set_grad_enabled(False)
+    return LoadedModels(model, vision, fp, model.cfg.name)
+
+
+class ModelCache:
+    """Lazy load under a lock; ``maybe_unload`` drops the models after ``idle_s`` without use."""
+
+    def __init__(self, settings: Any, idle_s: float | None = None, loader: Any = load_models) -> None:
+        self._settings = settings
+        self._idle_s = idle_s
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._models: LoadedModels | None = None
+        self._last_used = 0.0
+
+    def get(self) -> LoadedModels:
+        with self._lock:
+            if self._models is None:
+                self._models = self._loader(self._settings)
+            self._last_used = time.monotonic()
+            return self._models
+
+    @property
+    def loaded(self) -> bool:
+        return self._models is not None
+
+    def maybe_unload(self) -> bool:
+        with self._lock:
+            if self._models is None or self._idle_s is None:
+                return False
+            if time.monotonic() - self._last_used < self._idle_s:
+                return False
+            self._models = None
+            log.info("models unloaded after %.0fs idle", self._idle_s)
+            return True
