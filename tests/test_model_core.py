@@ -103,6 +103,22 @@ def test_left_padded_mixed_profile_batch_equals_single_rows(demo_tokenizer):
     torch.testing.assert_close(mixed.scores, torch.cat([a.scores, b.scores]), atol=1e-5, rtol=0)
 
 
+def test_cached_prefixes_of_different_profiles_in_one_batch_equal_full_prompts(demo_tokenizer):
+    model = _model("llama", demo_tokenizer)
+    _perturb(model)
+    vis = _visual(model, 3)
+    prefixes = [model.encode_prefix(p) for p in (PROFILE, OTHER, PROFILE)]
+    with torch.no_grad():
+        _, out = model.score_logits_cached(prefixes, vis)
+        ref = model.score_full([model.prompt(PROFILE), model.prompt(OTHER), model.prompt(PROFILE)], vis)
+    torch.testing.assert_close(out.scores, ref.scores, atol=1e-4, rtol=0)
+    # gradients reach the projector and fusion blocks through the suffix
+    feats = torch.randn(3, 9, D_VIS)
+    logits, _ = model.score_logits_cached(prefixes, model.projector(feats))
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.trainable_parameters())
+
+
 def test_nonzero_fusion_changes_outputs_but_not_hidden_states_before_the_image_tag(demo_tokenizer):
     model = _model("llama", demo_tokenizer)
     prompt = model.prompt(PROFILE)
@@ -191,8 +207,14 @@ def test_persona_renders_every_field_and_coarse_profiles(demo_tokenizer):
 
 
 def test_decoder_layers_are_found_by_model_type_with_an_override(demo_tokenizer):
-    from transformers import (GemmaConfig, GemmaForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import (
+        GemmaConfig,
+        GemmaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     small = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, head_dim=16)

@@ -102,9 +102,10 @@ def load_adapter(model: PMLLM, path: str | Path) -> dict[str, Any]:
     for part in ("lm", "vision"):
         for key in ("model_type", "hidden_size", "vocab_size", "width", "image_size"):
             if key in want[part] and want[part][key] != have[part].get(key):
+                name = want[part].get("name_or_path") or want[part].get("model_name")
                 raise ModelLoadError(
-                    f"adapter {path} was trained for {part} {want[part].get('name_or_path') or want[part].get('model_name')}"
-                    f" ({key} {want[part][key]}) but the loaded {part} has {key} {have[part].get(key)}."
+                    f"adapter {path} was trained for {part} {name} ({key} {want[part][key]}) "
+                    f"but the loaded {part} has {key} {have[part].get(key)}."
                 )
     if want["level_token_ids"] != have["level_token_ids"]:
         raise ModelLoadError(f"adapter {path} was trained with a different tokenizer (rating-level tokens differ).")
@@ -129,4 +130,29 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None) -> str:
         h.update(v.numpy().tobytes())
     if vision_graph_id:
         h.update(vision_graph_id.encode())
+    from pmllm_batch.model.factory import resolve_path
+
+    for local in (model.cfg.vision.checkpoint, model.cfg.lm.name_or_path):
+        h.update(local_weights_digest(resolve_path(local)).encode())
+    return h.hexdigest()[:16]
+
+
+def local_weights_digest(path: str | None, full_hash_limit: int = 64 << 20) -> str:
+    """Identify local weight files (a file or a folder): content hash when small, else names + sizes + mtimes.
+
+    Hub ids (not local paths) give "": they are identified by name (and revision) alone.
+    """
+    if not path:
+        return ""
+    p = Path(path)
+    files = sorted(f for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else []) if f.is_file())
+    total = sum(f.stat().st_size for f in files)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        if total <= full_hash_limit:
+            h.update(f.read_bytes())
+        else:
+            st = f.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

@@ -55,9 +55,8 @@ def _corpus() -> list[str]:
 
 def build_tokenizer(out_dir: Path) -> object:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from tokenizers.trainers import WordLevelTrainer
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -93,7 +92,53 @@ def _make_context_mixer(lm: torch.nn.Module) -> None:
         lm.lm_head.weight.normal_(0.0, 0.3)
 
 
-def build_demo_base(out_dir: str | Path, seed: int = 0) -> Path:
+def pretrain_demo_vision(visual: torch.nn.Module, steps: int = 1500, seed: int = 0, batch: int = 64) -> list[float]:
+    """Teach the tiny tower to *see* the synthetic renderer's image parameters.
+
+    A CLIP tower's patch tokens describe colour, light, sharpness and layout; a random tiny ViT's do not
+    (a linear probe on them recovers brightness but not blur or noise). So, standing in for CLIP
+    pre-training, the demo tower is trained to regress the 7 :class:`ImageParams` of freshly rendered
+    images from its mean-pooled penultimate tokens (the tokens the projector reads). It never sees
+    ratings or people; the tower is frozen afterwards like any CLIP tower.
+    """
+    import numpy as np
+
+    from pmllm_batch.model.vision import OPENAI_MEAN, OPENAI_STD, VisionTower
+    from pmllm_batch.train.synthetic import render_image, sample_image_params
+
+    tower = VisionTower(visual)
+    tower.requires_grad_(True)
+    size = int(visual.image_size[0])
+    rng = np.random.default_rng(seed + 1)
+    pool = 4096  # images rendered once, re-drawn as batches
+    params = [sample_image_params(rng) for _ in range(pool)]
+    mean, std = np.array(OPENAI_MEAN, np.float32)[:, None, None], np.array(OPENAI_STD, np.float32)[:, None, None]
+    pix = np.stack([(np.asarray(render_image(p, rng, size), np.float32).transpose(2, 0, 1) / 255.0 - mean) / std
+                    for p in params])
+    target = np.stack([p.as_array() for p in params]).astype(np.float32)
+    target = (target - target.mean(0)) / target.std(0)
+    head = torch.nn.Linear(tower.width, target.shape[1])
+    opt = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=2e-3, weight_decay=0.01)
+    x_all, y_all = torch.from_numpy(pix), torch.from_numpy(target)
+    losses = []
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, pool, (batch,), generator=gen)
+        for g in opt.param_groups:
+            g["lr"] = 2e-3 * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * (1 - step / steps))
+        visual.train()
+        pred = head(tower.forward(x_all[idx]).mean(1))
+        loss = torch.nn.functional.mse_loss(pred, y_all[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    visual.eval()
+    visual.requires_grad_(False)
+    return losses
+
+
+def build_demo_base(out_dir: str | Path, seed: int = 0, vision_steps: int = 1500) -> Path:
     """Write ``lm/`` (config, weights, tokenizer) and ``vision.safetensors`` into ``out_dir``."""
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
     from safetensors.torch import save_file
@@ -116,11 +161,32 @@ def build_demo_base(out_dir: str | Path, seed: int = 0) -> Path:
     lm.save_pretrained(out / "lm")
     arch = dict(ModelCfg.from_dict(get_preset("demo")["model"]).vision.arch or {})
     embed_dim = int(arch.pop("embed_dim"))
+    torch.manual_seed(seed)
     visual = _build_vision_tower(embed_dim, CLIPVisionCfg(**arch))
+    if vision_steps:
+        pretrain_demo_vision(visual, steps=vision_steps, seed=seed)
     save_file({k: v.contiguous() for k, v in visual.state_dict().items()}, str(out / "vision.safetensors"))
     (out / "BASE_README.txt").write_text(
-        "Demo base models: random (seed %d) tiny ViT and tiny Llama-layout LM, built by "
-        "pmllm_batch.model.demo.build_demo_base. Not trained, not real models.\n" % seed
+        f"Demo base models (seed {seed}), built by pmllm_batch.model.demo.build_demo_base: a tiny random\n"
+        "Llama-layout LM with context-averaging attention (never trained), a word-level tokenizer, and a tiny\n"
+        f"ViT pre-trained for {vision_steps} steps to regress the synthetic renderer's image parameters.\n"
+        "Not real models.\n"
     )
     (out / "lm" / "generation_config.json").unlink(missing_ok=True)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the demo preset's base models (tokenizer, LM, vision).")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "demo"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision-steps", type=int, default=1500)
+    args = parser.parse_args(argv)
+    build_demo_base(args.out, seed=args.seed, vision_steps=args.vision_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -140,9 +140,11 @@ def create_model(
                 merged[section] = values
         cfg = ModelCfg.from_dict(merged)
     dev = torch.device(device)
-    cfg.vision.checkpoint = resolve_path(cfg.vision.checkpoint)
+    # cfg keeps ``pkg:`` paths as written (the fingerprint must not depend on where the package is installed)
+    vision_cfg = ModelCfg.from_dict(cfg.to_dict()).vision
+    vision_cfg.checkpoint = resolve_path(vision_cfg.checkpoint)
     # Without a torch tower (ONNX vision) only its width and preprocessing are needed: skip the weights.
-    tower, pre = build_vision_tower(cfg.vision, offline=offline, cache_dir=cache_dir, load_weights=with_vision)
+    tower, pre = build_vision_tower(vision_cfg, offline=offline, cache_dir=cache_dir, load_weights=with_vision)
     d_vis = tower.width
     if not with_vision:
         tower = None

@@ -56,6 +56,9 @@ class SelectiveFusionBlock(nn.Module):
             shape (B, T, D).
         """
         b, t, d = hidden.shape
+        # The block keeps its own dtype (fp32 for training) even inside a bf16/fp16 LLM.
+        out_dtype = hidden.dtype
+        hidden = hidden.to(self.norm.weight.dtype)
         h = self.norm(hidden)
         q = self.to_q(h).view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
         k, v = self.to_kv(visual.to(h.dtype)).chunk(2, dim=-1)
@@ -65,4 +68,4 @@ class SelectiveFusionBlock(nn.Module):
         update = self.to_out(attn)
         if self.gate_mode == "selective":
             update = torch.sigmoid(self.to_gate(h)) * update
-        return hidden + mask.to(update.dtype).unsqueeze(-1) * update
+        return (hidden + mask.to(update.dtype).unsqueeze(-1) * update).to(out_dtype)

@@ -90,7 +90,9 @@ class PMLLM(nn.Module):
         d_lm = int(lm.config.hidden_size)
         self.d_vis = tower.width if tower is not None else int(d_vis or 0)
         self.projector = build_projector(cfg.projector_type, self.d_vis, d_lm)
-        self.fused = FusedLM(lm, cfg.fusion.layer_ids, cfg.fusion.num_heads, cfg.fusion.gate, cfg.lm.decoder_layers_path)
+        self.fused = FusedLM(
+            lm, cfg.fusion.layer_ids, cfg.fusion.num_heads, cfg.fusion.gate, cfg.lm.decoder_layers_path
+        )
         ids = level_token_ids(tokenizer, cfg.readout.levels)
         self.register_buffer("level_ids", torch.tensor(ids), persistent=False)
         self.register_buffer("level_values", torch.tensor(cfg.readout.values), persistent=False)
@@ -156,13 +158,13 @@ class PMLLM(nn.Module):
         else:
             kwargs["use_cache"] = False
         if visual is not None:
-            visual = visual.to(device=self.device, dtype=self.lm_dtype)
+            visual = visual.to(device=self.device)
         with self.fused.conditioned(visual, mask if visual is not None else None):
             out = self._base[0](
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
             )
-        hidden = out.last_hidden_state[:, -1]
         head = self.fused.lm.get_output_embeddings()
+        hidden = out.last_hidden_state[:, -1].to(head.weight.dtype)
         logits = hidden @ head.weight[self.level_ids].T
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[self.level_ids]
@@ -199,16 +201,52 @@ class PMLLM(nn.Module):
         scores, probs = expected_score(logits, self.level_values)
         return logits, ScoreOutput(scores, probs)
 
-    @torch.no_grad()
     def encode_prefix(self, profile: Profile | str) -> PrefixState:
         """Run a profile's persona prefix once; the result serves every image for this profile."""
-        prompt = self.prompt(profile)
+        persona = profile if isinstance(profile, str) else render_persona(profile)
+        return self.encode_prompt_prefix(build_prompt(self.tokenizer, persona), persona)
+
+    @torch.no_grad()
+    def encode_prompt_prefix(self, prompt: PromptTokens, persona: str = "") -> PrefixState:
+        """KV cache of ``prompt.prefix_ids`` (everything before the image tag)."""
         cache = _make_cache(self.fused.lm.config)
         ids = torch.tensor([prompt.prefix_ids], device=self.device)
         self._base[0](input_ids=ids, use_cache=True, **{self._cache_kw: cache})
         kv = [(k.detach(), v.detach()) for k, v in _cache_tensors(cache)]
-        persona = profile if isinstance(profile, str) else render_persona(profile)
         return PrefixState(prompt, kv, persona)
+
+    def score_logits_cached(self, prefixes: list[PrefixState], visual: torch.Tensor | None) -> tuple[
+        torch.Tensor, ScoreOutput
+    ]:
+        """One suffix forward for rows with *different* cached prefixes (left-padded caches + mask).
+
+        Exact like :meth:`score_cached` (the fusion mask is 0 on every prefix); gradients reach the projector
+        and fusion blocks through the suffix only, which is all that trains. Used by training.
+
+        Args:
+            prefixes: one :class:`PrefixState` per row; all must share the suffix.
+            visual: (B, N, D_lm) or None.
+        """
+        b = len(prefixes)
+        suffix = prefixes[0].prompt.suffix_ids
+        if any(p.prompt.suffix_ids != suffix for p in prefixes):
+            raise ValueError("all prefixes in a batch must share the suffix")
+        lens = [len(p.prompt.prefix_ids) for p in prefixes]
+        longest, s = max(lens), len(suffix)
+        cache = _make_cache(self.fused.lm.config)
+        for i in range(len(prefixes[0].kv)):
+            keys = torch.cat([torch.nn.functional.pad(p.kv[i][0], (0, 0, longest - n, 0)) for p, n in zip(
+                prefixes, lens, strict=True)])
+            values = torch.cat([torch.nn.functional.pad(p.kv[i][1], (0, 0, longest - n, 0)) for p, n in zip(
+                prefixes, lens, strict=True)])
+            cache.update(keys, values, i)
+        attn = torch.tensor([[0] * (longest - n) + [1] * (n + s) for n in lens], device=self.device)
+        pos = torch.tensor([[n + j for j in range(s)] for n in lens], device=self.device)
+        ids = torch.tensor([suffix] * b, device=self.device)
+        mask = torch.ones(1, s, device=self.device)
+        logits = self._answer_logits(ids, visual, mask, attention_mask=attn, position_ids=pos, cache=cache)
+        scores, probs = expected_score(logits, self.level_values)
+        return logits, ScoreOutput(scores, probs)
 
     def score_cached(self, prefix: PrefixState, visual: torch.Tensor | None, batch: int | None = None) -> ScoreOutput:
         """Score a batch of images against a cached prefix: only the suffix tokens run.

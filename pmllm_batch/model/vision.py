@@ -118,7 +118,10 @@ def _load_safetensors_into(module: nn.Module, path: Path, what: str) -> None:
     if not path.is_file():
         raise ModelLoadError(f"{what} weights not found at {path}.")
     state = load_file(str(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError:  # shape mismatches
+        missing, unexpected = ["(shape mismatch)"], []
     if missing or unexpected:
         raise ModelLoadError(
             f"{what} weights at {path} do not fit the configured architecture "
@@ -146,7 +149,9 @@ def build_vision_tower(
         if cfg.checkpoint and load_weights:
             _load_safetensors_into(visual, Path(cfg.checkpoint), "vision tower")
         image_size = int(cfg.image_size or arch.get("image_size", 224))
-        pre = PreprocessCfg(image_size=image_size, mean=tuple(cfg.mean or OPENAI_MEAN), std=tuple(cfg.std or OPENAI_STD))
+        pre = PreprocessCfg(
+            image_size=image_size, mean=tuple(cfg.mean or OPENAI_MEAN), std=tuple(cfg.std or OPENAI_STD)
+        )
     else:
         if cfg.model_name not in open_clip.list_models():
             raise ModelLoadError(f"unknown open_clip model '{cfg.model_name}'; see open_clip.list_models().")

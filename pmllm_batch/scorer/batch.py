@@ -251,7 +251,8 @@ class LibraryScorer:
             rec.status, rec.error_reason, rec.error_message = "failed", exc.reason, exc.message
             return _Prepared(entry, rec, None)
         except FileNotFoundError:
-            rec.status, rec.error_reason, rec.error_message = "failed", "vanished", "the file disappeared during the scan"
+            rec.status, rec.error_reason = "failed", "vanished"
+            rec.error_message = "the file disappeared during the scan"
             return _Prepared(entry, rec, None)
         except OSError as exc:
             rec.status, rec.error_reason, rec.error_message = "failed", "unreadable", str(exc.strerror or exc)
@@ -281,9 +282,8 @@ class LibraryScorer:
                 hashes = list(pool.map(lambda e: _safe_hash(e.path), chunk))
                 cached = set(self.store.get_visual_tokens([h for h in hashes if h], vid))
                 pre = loaded.vision.preprocess
-                prepared = list(
-                    pool.map(lambda eh: self._prepare(eh[0], eh[1], eh[1] not in cached, pre), zip(chunk, hashes))
-                )
+                jobs = [(e, h, h not in cached, pre) for e, h in zip(chunk, hashes, strict=True)]
+                prepared = list(pool.map(lambda job: self._prepare(*job), jobs))
                 need = [p for p in prepared if p.pixels is not None and p.record.content_hash not in cached]
                 # identical files inside one batch: encode once
                 uniq: dict[str, _Prepared] = {}

@@ -25,11 +25,10 @@ from pmllm_batch.errors import UserError
 from pmllm_batch.model.pmllm import PMLLM
 from pmllm_batch.model.prompts import render_persona
 from pmllm_batch.profiles import NEUTRAL_PROFILE
+from pmllm_batch.train import CONTROLS
 from pmllm_batch.train.datasets import RatingDataset
 from pmllm_batch.train.loop import image_features
 from pmllm_batch.train.metrics import evaluate_predictions
-
-CONTROLS = ("none", "neutral", "shuffled", "no-vision", "no-profile", "open-gate")
 
 
 def personas_for(dataset: RatingDataset, control: str, seed: int = 0) -> dict[str, str]:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +56,7 @@ class TrainCfg:
     seed: int = 0
     tasks: list[str] = field(default_factory=lambda: ["overall"])  # "overall", "attributes"
     caption_weight: float = 0.2  # weight of the caption loss when captions exist
+    mse_weight: float = 1.0  # weight of a squared error on the expected rating (CE alone learns slowly)
     checkpoint_every: int = 200
     log_every: int = 20
 
@@ -122,6 +122,7 @@ class Trainer:
             {uid: build_prompt(tok, p, CAPTION_QUESTION) for uid, p in personas.items()} if self.captions else {}
         )
         self.feat_index, self.features = image_features(model, dataset)
+        self._prefixes: dict[tuple[str, str], Any] = {}
         self.autocast = model.device.type == "cuda"
 
     # -- checkpointing ---------------------------------------------------------------------------
@@ -169,10 +170,21 @@ class Trainer:
             rows = [k for k, (_, t) in enumerate(units) if t == task]
             feats = self.features[[self.feat_index[ds[units[k][0]].image_path] for k in rows]]
             visual = self.model.projector(feats.to(self.model.device, torch.float32))
-            logits, _ = self.model.score_logits_full([prompts[k] for k in rows], visual)
+            # persona prefixes are image-independent and the LLM is frozen: run each once, train on suffixes
+            logits, _ = self.model.score_logits_cached([self._prefix(ds[units[k][0]].user_id, task) for k in rows],
+                                                       visual)
             tgt = soft_targets(targets[rows], self.model.level_values.cpu()).to(logits.device)
-            loss = loss + -(tgt * F.log_softmax(logits.float(), -1)).sum(-1).sum() / len(units)
+            logp = F.log_softmax(logits.float(), -1)
+            expected = logp.exp() @ self.model.level_values.to(logp)
+            per_row = -(tgt * logp).sum(-1) + self.cfg.mse_weight * (expected - targets[rows].to(logp.device)) ** 2
+            loss = loss + per_row.sum() / len(units)
         return loss
+
+    def _prefix(self, user_id: str, task: str) -> Any:
+        key = (user_id, task)
+        if key not in self._prefixes:
+            self._prefixes[key] = self.model.encode_prompt_prefix(self.prompts[key])
+        return self._prefixes[key]
 
     def _caption_loss(self, rng: np.random.Generator) -> torch.Tensor:
         ds = self.dataset.samples

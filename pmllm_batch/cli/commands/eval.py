@@ -13,7 +13,7 @@ from . import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from pmllm_batch.train.evaluate import CONTROLS
+    from pmllm_batch.train import CONTROLS
 
     p = subparsers.add_parser(
         "eval",

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
     p.add_argument("--init", help="adapter folder to start from (default: fresh, zero-initialised fusion)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default; tiny models such as the demo train fastest with 1)")
     p.set_defaults(func=run)
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from pmllm_batch.model.checkpoint import save_adapter
     from pmllm_batch.model.factory import create_model
     from pmllm_batch.train.datasets import load_dataset
-    from pmllm_batch.train.loop import Trainer, TrainCfg
+    from pmllm_batch.train.loop import TrainCfg, Trainer
     from pmllm_batch.train.synthetic import make_synthetic_dataset
 
     root = Path(args.root)
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     bad = set(tasks) - {"overall", "attributes"}
     if bad:
         raise UserError(f"unknown task(s) {', '.join(sorted(bad))}; choose overall and/or attributes.")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = create_model(settings.model.preset, args.init or "none", offline=settings.model.offline,
                          device=settings.resolved_device())

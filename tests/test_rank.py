@@ -1,0 +1,192 @@
+"""The main job end to end (issue 3): rank folders of real files for several profiles through the CLI and
+check rows in the database, incremental counters, moves, failures and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from sqlalchemy import text
+
+from tests.helpers import isolated_env
+from tests.imagegen import make_bad_files, make_photo_folder
+
+
+@pytest.fixture
+def env(tmp_path):
+    with isolated_env(tmp_path) as e:
+        yield e
+
+
+def _summary(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _score_rows(env) -> list[tuple[str, str]]:
+    with env.store() as store, store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT s.content_hash, p.name FROM scores s JOIN profiles p ON p.id = s.profile_id"))]
+
+
+def _photos(env) -> dict[str, tuple[str, str | None, str | None]]:
+    with env.store() as store, store.engine.connect() as conn:
+        return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(text(
+            "SELECT path, status, error_reason, content_hash FROM photos"))}
+
+
+def _add_profiles(env, *names: str) -> None:
+    specs = {
+        "ana": dict(age="22-25", gender="female", photography_experience="expert", big_five={"openness": 9}),
+        "bernd": dict(age=64, big_five={"openness": 2, "extraversion": 2}),
+        "coarse": dict(age=35, gender="female"),
+    }
+    for name in names:
+        code, _, err = env.run_cli("profile", "add", str(env.write_profile(name, **specs[name])))
+        assert code == 0, err
+
+
+@pytest.mark.integration
+def test_rank_scores_every_photo_once_per_profile_and_records_every_bad_file(env, tmp_path):
+    lib = tmp_path / "library"
+    good = make_photo_folder(lib)
+    bad = make_bad_files(lib / "bad")
+    _add_profiles(env, "ana", "bernd")
+    code, stdout, err = env.run_cli("rank", str(lib), "--json", "--top", "3")
+    assert code == 0, err
+    summary = _summary(stdout)
+    assert summary["scanned"] == len(good) + len(bad)
+    assert summary["failed"] == len(bad)
+    assert summary["encoded"] == len(good)
+    assert summary["scored"] == 2 * len(good)
+    assert summary["demo"] is True
+    photos = _photos(env)
+    for reason, path in bad.items():
+        status, why, _ = photos[str(path)]
+        assert (status, why) == ("failed", reason)
+    ok_hashes = {h for p, (s, _, h) in photos.items() if s == "ok"}
+    assert len(ok_hashes) == len(good)
+    rows = _score_rows(env)
+    assert len(rows) == len(set(rows)) == 2 * len(good)
+    assert {h for h, _ in rows} == ok_hashes
+    # one JSON object per profile ranking before the summary
+    rankings = [json.loads(line) for line in stdout.strip().splitlines()[:-1]]
+    assert {r["profile"] for r in rankings} == {"ana", "bernd"}
+    assert all(len(r["top"]) == 3 for r in rankings)
+
+    # a second run does nothing new
+    code, stdout, err = env.run_cli("rank", str(lib), "--json")
+    second = _summary(stdout)
+    assert (second["encoded"], second["scored"], second["new"]) == (0, 0, 0)
+    assert second["skipped"] == len(good) + len(bad) and second["failed"] == len(bad)
+
+    # a third profile: no vision, every photo scored once
+    _add_profiles(env, "coarse")
+    code, stdout, err = env.run_cli("rank", str(lib), "--json")
+    third = _summary(stdout)
+    assert third["encoded"] == 0 and third["scored"] == len(good)
+    assert len(_score_rows(env)) == 3 * len(good)
+
+    # moving a file inside the root keeps its scores (no vision, no scoring) and the ranking follows
+    moved = lib / "moved" / "landscape-renamed.jpg"
+    moved.parent.mkdir()
+    shutil.move(good["landscape.jpg"], moved)
+    code, stdout, err = env.run_cli("rank", str(lib), "--json")
+    fourth = _summary(stdout)
+    assert (fourth["encoded"], fourth["scored"], fourth["new"], fourth["missing"]) == (0, 0, 1, 1)
+    code, stdout, _ = env.run_cli("export", "--profile", "ana", "--format", "json")
+    exported = json.loads(stdout)
+    paths = {r["path"] for r in exported}
+    assert str(moved) in paths and str(good["landscape.jpg"]) not in paths
+    # export matches the database ranking
+    with env.store() as store:
+        ranking = store.ranking("ana")
+    assert [(r["rank"], r["path"], r["content_hash"]) for r in exported] == [
+        (r.rank, r.path, r.content_hash) for r in ranking]
+    assert [r["score"] for r in exported] == pytest.approx([r.score for r in ranking])
+
+
+@pytest.mark.integration
+def test_profiles_rank_the_same_photos_differently(env, tmp_path, example_photos):
+    lib = tmp_path / "ex"
+    lib.mkdir()
+    for p in example_photos:
+        shutil.copy(p, lib / p.name)
+    _add_profiles(env, "ana", "bernd")
+    code, stdout, err = env.run_cli("rank", str(lib), "--json", "--top", "20")
+    assert code == 0, err
+    tops = {r["profile"]: [x["content_hash"] for x in r["top"]] for r in map(json.loads, stdout.splitlines()[:-1])}
+    assert sorted(tops["ana"]) == sorted(tops["bernd"])
+    assert tops["ana"] != tops["bernd"]
+
+
+def test_a_file_vanishing_during_the_run_is_a_failed_row(env, tmp_path, monkeypatch):
+    from pmllm_batch.config import load_config
+    from pmllm_batch.db import Store
+    from pmllm_batch.scorer import batch
+
+    lib = tmp_path / "lib"
+    files = make_photo_folder(lib)
+    victim = files["small.png"]
+    real_discover = batch.discover
+
+    def discover_then_delete(*a, **kw):
+        entries = list(real_discover(*a, **kw))
+        victim.unlink()  # gone after the walk, before decoding
+        return iter(entries)
+
+    monkeypatch.setattr(batch, "discover", discover_then_delete)
+    _add_profiles(env, "coarse")
+    settings = load_config(overrides={"db": {"url": env.db_url}})
+    with Store(env.db_url) as store:
+        summary = batch.LibraryScorer(settings, store).run([lib])
+    assert summary.failed == 1
+    assert summary.failures[0]["path"] == str(victim) and summary.failures[0]["reason"] == "vanished"
+    assert summary.scored == len(files) - 1
+
+
+def test_rank_of_the_shared_camera_samples_never_crashes(env, shared_data):
+    samples = shared_data / "exif-samples" / "jpg"
+    _add_profiles(env, "coarse")
+    code, stdout, err = env.run_cli("rank", str(samples), "--json")
+    assert code == 0, err
+    s = _summary(stdout)
+    photos = _photos(env)
+    ok = [p for p, (st, _, _) in photos.items() if st == "ok"]
+    failed = {p: why for p, (st, why, _) in photos.items() if st == "failed"}
+    assert s["scanned"] == len(photos) and s["failed"] == len(failed)
+    assert all(why for why in failed.values())
+    assert any("corrupted" in p or "invalid" in p for p in failed)
+    assert len(ok) >= 40
+    assert s["scored"] == len({photos[p][2] for p in ok})
+
+
+@pytest.mark.parametrize("case", ["unknown_profile", "malformed_profile", "unwritable_db", "offline_weights"])
+def test_user_mistakes_are_one_sentence_and_nonzero(env, tmp_path, case, monkeypatch):
+    lib = tmp_path / "lib"
+    make_photo_folder(lib)
+    if case == "unknown_profile":
+        _add_profiles(env, "coarse")
+        args = ["rank", str(lib), "--profile", "nobody"]
+        needle = "nobody"
+    elif case == "malformed_profile":
+        bad = tmp_path / "bad.toml"
+        bad.write_text("name = 'x'\nage = [1, 2\n")
+        args = ["profile", "add", str(bad)]
+        needle = "bad.toml"
+    elif case == "unwritable_db":
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        args = ["--db", str(blocker / "sub" / "db.sqlite"), "rank", str(lib)]
+        needle = "database"
+    else:
+        _add_profiles(env, "coarse")
+        monkeypatch.setenv("PMLLM_MODEL__OFFLINE", "true")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        args = ["--preset", "cpu", "rank", str(lib)]
+        needle = "offline"
+    code, _, err = env.run_cli(*args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pmllm-batch: error:") and needle in lines[0], err
+    assert "Traceback" not in err
