@@ -155,9 +155,8 @@ def test_rank_of_the_shared_camera_samples_never_crashes(env, shared_data):
     ok = [p for p, (st, _, _) in photos.items() if st == "ok"]
     failed = {p: why for p, (st, why, _) in photos.items() if st == "failed"}
     assert s["scanned"] == len(photos) and s["failed"] == len(failed)
-    assert all(why for why in failed.values())
-    assert any("corrupted" in p or "invalid" in p for p in failed)
-    assert len(ok) >= 40
+    assert all(why for why in failed.values())  # any failure carries its reason
+    assert len(ok) >= 40 and len(ok) + len(failed) == len(photos)
     assert s["scored"] == len({photos[p][2] for p in ok})
 
 

@@ -192,7 +192,8 @@ class LibraryScorer:
                 import torch
 
                 vis = torch.from_numpy(np.stack([tokens[h] for h in ok]))
-                out = loaded.model.score_cached(prefix, vis)
+                with torch.inference_mode():
+                    out = loaded.model.score_cached(prefix, vis)
                 rows = [
                     (h, prof.id, float(s), [round(float(p), 5) for p in pr])
                     for h, s, pr in zip(ok, out.scores.tolist(), out.probs.tolist(), strict=True)

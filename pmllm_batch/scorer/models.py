@@ -22,7 +22,6 @@ class LoadedModels:
 
 def load_models(settings: Any) -> LoadedModels:
     """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use)."""
-    import torch
 
     from pmllm_batch.model.checkpoint import fingerprint
     from pmllm_batch.model.factory import create_model
@@ -60,7 +59,6 @@ def load_models(settings: Any) -> LoadedModels:
         model.cfg.name, fp, vision.graph_id, time.perf_counter() - t0, device,
         " — DEMO model: scores show the mechanism, not real taste" if model.cfg.demo else "",
     )
-    torch.set_grad_enabled(False)
     return LoadedModels(model, vision, fp, model.cfg.name)
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +161,6 @@ class Trainer:
     def _rating_loss(self, picks: np.ndarray) -> torch.Tensor:
         ds = self.dataset.samples
         units = [self.units[i] for i in picks]
-        prompts = [self.prompts[(ds[i].user_id, task)] for i, task in units]
         targets = torch.tensor(
             [ds[i].score if task == "overall" else ds[i].attributes[task] for i, task in units], dtype=torch.float32
         )
@@ -207,6 +207,10 @@ class Trainer:
         self, progress: Callable[[int, float], None] | None = None, until: int | None = None
     ) -> list[dict[str, float]]:
         """Train to ``cfg.steps`` (or stop early at step ``until``, checkpointed, as an interruption would)."""
+        with torch.enable_grad():  # never depend on the caller's global grad mode
+            return self._train(progress, until)
+
+    def _train(self, progress: Callable[[int, float], None] | None, until: int | None) -> list[dict[str, float]]:
         cfg = self.cfg
         self.model.train()
         t0 = time.perf_counter()
