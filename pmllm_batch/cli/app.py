@@ -20,12 +20,14 @@ PROG = "pmllm-batch"
 # One subcommand module per entry, in the order `--help` lists them. Add new commands here.
 COMMAND_MODULES = [
     "rank",
+    "watch",
     "profile",
     "export",
     "albums",
     "status",
     "train",
     "eval",
+    "export_onnx",
 ]
 
 
