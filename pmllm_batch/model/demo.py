@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(out_dir: Path) -> object:
+def build_tokenizer(out_dir: Path) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from tokenizers.trainers import WordLevelTrainer
     from transformers import PreTrainedTokenizerFast
@@ -70,7 +71,7 @@ def build_tokenizer(out_dir: Path) -> object:
     return fast
 
 
-def _make_context_mixer(lm: torch.nn.Module) -> None:
+def _make_context_mixer(lm: Any) -> None:
     """Rescale the random attention so the frozen demo LM carries the persona to later positions.
 
     With HF's default init (std 0.02) a random 64-wide LM barely mixes positions: attention adds ~2% to
@@ -92,7 +93,7 @@ def _make_context_mixer(lm: torch.nn.Module) -> None:
         lm.lm_head.weight.normal_(0.0, 0.3)
 
 
-def pretrain_demo_vision(visual: torch.nn.Module, steps: int = 1500, seed: int = 0, batch: int = 64) -> list[float]:
+def pretrain_demo_vision(visual: Any, steps: int = 1500, seed: int = 0, batch: int = 64) -> list[float]:
     """Teach the tiny tower to *see* the synthetic renderer's image parameters.
 
     A CLIP tower's patch tokens describe colour, light, sharpness and layout; a random tiny ViT's do not

@@ -128,7 +128,7 @@ def create_model(
     """
     from pmllm_batch.model.checkpoint import load_adapter
     from pmllm_batch.model.pmllm import PMLLM
-    from pmllm_batch.model.vision import build_vision_tower
+    from pmllm_batch.model.vision import VisionTower, build_vision_tower
 
     cfg, adapter = model_cfg_for(preset, checkpoint)
     if overrides:
@@ -146,14 +146,13 @@ def create_model(
     # Without a torch tower (ONNX vision) only its width and preprocessing are needed: skip the weights.
     tower, pre = build_vision_tower(vision_cfg, offline=offline, cache_dir=cache_dir, load_weights=with_vision)
     d_vis = tower.width
-    if not with_vision:
-        tower = None
+    torch_tower: VisionTower | None = tower if with_vision else None
     lm_path = resolve_path(cfg.lm.name_or_path) or cfg.lm.name_or_path
     lm, tok = load_lm_and_tokenizer(lm_path, revision=cfg.lm.revision, offline=offline, dtype=_dtype(cfg.lm.dtype, dev))
     lm.to(dev)
-    if tower is not None:
-        tower.to(dev)
-    model = PMLLM(cfg, tower, lm, tok, pre, d_vis=d_vis)
+    if torch_tower is not None:
+        torch_tower.to(dev)
+    model = PMLLM(cfg, torch_tower, lm, tok, pre, d_vis=d_vis)
     if adapter:
         load_adapter(model, adapter)
         log.info("loaded adapter %s", adapter)

@@ -112,9 +112,11 @@ class FusedLM(nn.Module):
         decoder_layers_path: explicit dotted path of the decoder ModuleList.
     """
 
+    lm: Any  # a Hugging Face *ForCausalLM (attributes are dynamic for type checkers)
+
     def __init__(
         self,
-        lm: nn.Module,
+        lm: Any,
         layer_ids: list[int],
         num_heads: int | None = None,
         gate: str = "selective",
@@ -146,7 +148,7 @@ class FusedLM(nn.Module):
 
     def set_gate_mode(self, mode: str) -> None:
         for block in self.fusion_blocks.values():
-            block.gate_mode = mode
+            block.gate_mode = mode  # type: ignore[assignment]
 
     # -- conditioning -----------------------------------------------------------------------------
     @contextlib.contextmanager

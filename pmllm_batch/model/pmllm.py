@@ -73,11 +73,15 @@ class PMLLM(nn.Module):
         d_vis: vision width when ``tower`` is None.
     """
 
+    level_ids: torch.Tensor
+    level_values: torch.Tensor
+    projector: Any
+
     def __init__(
         self,
         cfg: ModelCfg,
         tower: VisionTower | None,
-        lm: nn.Module,
+        lm: Any,
         tokenizer: Any,
         preprocess: PreprocessCfg,
         d_vis: int | None = None,

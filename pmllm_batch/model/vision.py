@@ -32,7 +32,9 @@ class VisionTower(nn.Module):
         select_feature: ``"patch"`` (drop CLS, LLaVA) or ``"cls_patch"`` (keep it first).
     """
 
-    def __init__(self, visual: nn.Module, select_layer: int = -2, select_feature: str = "patch") -> None:
+    visual: Any  # open_clip VisionTransformer (attributes are dynamic for type checkers)
+
+    def __init__(self, visual: Any, select_layer: int = -2, select_feature: str = "patch") -> None:
         super().__init__()
         if select_feature not in ("patch", "cls_patch"):
             raise ModelLoadError(f"vision.select_feature must be 'patch' or 'cls_patch', not '{select_feature}'.")
@@ -149,9 +151,8 @@ def build_vision_tower(
         if cfg.checkpoint and load_weights:
             _load_safetensors_into(visual, Path(cfg.checkpoint), "vision tower")
         image_size = int(cfg.image_size or arch.get("image_size", 224))
-        pre = PreprocessCfg(
-            image_size=image_size, mean=tuple(cfg.mean or OPENAI_MEAN), std=tuple(cfg.std or OPENAI_STD)
-        )
+        mean, std = cfg.mean or OPENAI_MEAN, cfg.std or OPENAI_STD
+        pre = PreprocessCfg(image_size=image_size, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
     else:
         if cfg.model_name not in open_clip.list_models():
             raise ModelLoadError(f"unknown open_clip model '{cfg.model_name}'; see open_clip.list_models().")

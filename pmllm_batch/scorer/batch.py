@@ -291,7 +291,7 @@ class LibraryScorer:
                 for p in need:
                     uniq.setdefault(p.record.content_hash or "", p)
                 if uniq:
-                    toks = loaded.vision.encode(np.stack([p.pixels for p in uniq.values()]))
+                    toks = loaded.vision.encode(np.stack([p.pixels for p in uniq.values() if p.pixels is not None]))
                     self.store.put_visual_tokens(dict(zip(uniq, toks, strict=True)), vid)
                     summary.encoded += len(uniq)
                 self.store.upsert_photos([p.record for p in prepared])

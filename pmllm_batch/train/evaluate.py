@@ -98,7 +98,7 @@ def evaluate(
     features: Any = None,
 ) -> dict[str, Any]:
     pred, target, users = predict(model, dataset, control, seed, features=features)
-    result = evaluate_predictions(pred, target, users, n_boot=n_boot, seed=seed)
+    result = evaluate_predictions(pred, target, users.tolist(), n_boot=n_boot, seed=seed)
     result = {**result, "control": control, "dataset": dataset.name, "demo": bool(model.cfg.demo)}
     if out_dir is not None:
         write_report(result, pred, target, users, Path(out_dir))
@@ -116,7 +116,7 @@ def write_report(result: dict[str, Any], pred: np.ndarray, target: np.ndarray, u
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    per_user = per_user_metrics(pred, target, users)["per_user"]
+    per_user = per_user_metrics(pred, target, users.tolist())["per_user"]
     lo, hi = result.get("per_user_srocc_ci95", [float("nan"), float("nan")])
     md = [
         f"# Zero-shot evaluation — {result['dataset']} (control: {result['control']})",

@@ -69,10 +69,13 @@ def image_features(
     from pmllm_batch.runtime.preprocess import preprocess_image
     from pmllm_batch.scan.decode import decode_photo
 
+    if model.tower is None:
+        raise RuntimeError("training and evaluation need the torch vision tower (create_model(with_vision=True))")
+    tower = model.tower
     paths = sorted({s.image_path for s in dataset.samples})
     index = {p: i for i, p in enumerate(paths)}
     feats = []
-    it = range(0, len(paths), batch)
+    it: Any = range(0, len(paths), batch)
     if progress:
         from tqdm import tqdm
 
@@ -80,7 +83,7 @@ def image_features(
     for i in it:
         px = np.stack([preprocess_image(decode_photo(p).image, model.preprocess) for p in paths[i : i + batch]])
         with torch.no_grad():
-            feats.append(model.tower(torch.from_numpy(px).to(model.device)).to("cpu", torch.float16))
+            feats.append(tower(torch.from_numpy(px).to(model.device)).to("cpu", torch.float16))
     return index, torch.cat(feats) if feats else torch.empty(0)
 
 
@@ -105,7 +108,7 @@ class Trainer:
         tok = model.tokenizer
         self.prompts: dict[tuple[str, str], PromptTokens] = {}
         personas = {uid: render_persona(p) for uid, p in dataset.profiles.items()}
-        questions = {"overall": None}
+        questions: dict[str, str | None] = {"overall": None}
         if "attributes" in cfg.tasks:
             keys = sorted({k for s in dataset.samples for k in s.attributes})
             questions.update({k: attribute_question(ATTRIBUTE_NAMES.get(k, k)) for k in keys})

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from pmllm_batch.config import Settings
 from pmllm_batch.errors import UserError
@@ -72,13 +73,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     trainer = Trainer(model, ds, args.out, cfg)
     if not args.no_resume and trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
-    bar = None
+    bar: Any = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=trainer.step, desc="train", unit="step")
-    history = trainer.train(progress=(lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
-                            if bar else None)
+    def show(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    history = trainer.train(progress=show if bar else None)
     if bar:
         bar.close()
     adapter = save_adapter(model, Path(args.out) / "adapter", extra={
