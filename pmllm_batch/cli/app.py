@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "train",
     "eval",
     "export_onnx",
+    "bench",
 ]
 
 
