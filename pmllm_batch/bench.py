@@ -11,9 +11,11 @@ Sections (each a function returning a plain dict; :func:`run_bench` runs them al
 4. **End to end** — the same runs: images/s, pairs/s, peak RSS, visual-token cache bytes per image.
 5. **Against the limit** — achieved GFLOP/s of each stage against this machine's measured large-GEMM rate.
 
-How it measures: every arm runs in this process with the same thread count; arms are interleaved round by
-round (alternating order) so a noisy neighbour slows all arms alike; each figure is the median of the timed
-repeats after a warm-up. Sections 3–4 run in a child process per preset, so its peak RSS is its own.
+How it measures: every arm runs in this process with the same thread count (probed, or ``--threads``); arms
+are interleaved round by round (alternating order) so a noisy neighbour slows all arms alike; each figure is
+the median of the timed repeats after a warm-up. Sections 1 and 2 time each path at a few batch sizes and
+compare each at its best one (the same-batch ratio is reported next to it). Sections 3–4 run in a child
+process per preset (in-process with ``--quick``), so its peak RSS is its own.
 
 The ``cpu`` preset names real weights (CLIP ViT-B/32, Qwen2.5-0.5B) that a bench must not need: it is built
 with the same *shapes* and random weights (plus a random, active fusion adapter), which is exact for timing
@@ -76,8 +78,13 @@ QWEN25_05B: dict[str, Any] = {
 # prefix-cache speedup is bounded by (prefix + suffix) / suffix tokens, so the persona length is reported with it.
 BENCH_PROFILES: tuple[Profile, ...] = (
     Profile(
-        name="ana", age="22-25", gender="female", nationality="spanish", education="bachelor",
-        art_experience="proficient", photography_experience="expert",
+        name="ana",
+        age="22-25",
+        gender="female",
+        nationality="spanish",
+        education="bachelor",
+        art_experience="proficient",
+        photography_experience="expert",
         big_five={"openness": 9, "conscientiousness": 5, "extraversion": 9, "agreeableness": 6, "neuroticism": 3},
         art_interest={"VAIAK1": 5, "VAIAK2": 4, "VAIAK3": 6, "VAIAK4": 5},
         notes="loves street photos , likes portrait photos with soft colour , prefers vivid colour in landscape "
@@ -87,8 +94,13 @@ BENCH_PROFILES: tuple[Profile, ...] = (
         "person in bright color .",
     ),
     Profile(
-        name="bernd", age=61, gender="male", nationality="german", education="master",
-        art_experience="competent", photography_experience="beginner",
+        name="bernd",
+        age=61,
+        gender="male",
+        nationality="german",
+        education="master",
+        art_experience="competent",
+        photography_experience="beginner",
         big_five={"openness": 3, "conscientiousness": 8, "extraversion": 2, "agreeableness": 7, "neuroticism": 6},
         art_interest={"VAIAK1": 1, "VAIAK2": 2, "VAIAK3": 1, "VAIAK4": 2},
         notes="loves nature photos , likes landscape photos with soft colour , prefers bright photos , dislikes "
@@ -98,8 +110,13 @@ BENCH_PROFILES: tuple[Profile, ...] = (
         "color .",
     ),
     Profile(
-        name="chen", age=34, gender="non-binary", nationality="chinese", education="doctor",
-        art_experience="expert", photography_experience="proficient",
+        name="chen",
+        age=34,
+        gender="non-binary",
+        nationality="chinese",
+        education="doctor",
+        art_experience="expert",
+        photography_experience="proficient",
         big_five={"openness": 7, "conscientiousness": 4, "extraversion": 5, "agreeableness": 4, "neuroticism": 5},
         art_interest={"VAIAK1": 6, "VAIAK2": 5, "VAIAK3": 4, "VAIAK4": 6},
         notes="loves dark photos with muted color , prefers street photos , likes portrait photos with soft colour , "
@@ -254,12 +271,10 @@ def machine_info(threads: int) -> dict[str, Any]:
         "usable_cpus": default_threads(),
         "threads": threads,
     }
-    try:
+    with contextlib.suppress(ImportError):  # a hard dependency; only its version is wanted here
         import open_clip
 
         info["open_clip"] = open_clip.__version__
-    except ImportError:  # pragma: no cover - a hard dependency
-        pass
     model, flags, cores = "unknown", set(), set()
     with contextlib.suppress(OSError):
         physical = core = ""
@@ -292,8 +307,12 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 # GEMM shapes for the practical limit: two square ones and the two big transformer shapes of the cpu preset
 # (ViT-B/32 MLP up-projection, Qwen2.5-0.5B MLP up-projection), as (M, K, N).
-GEMM_SHAPES: tuple[tuple[int, int, int], ...] = ((1024, 1024, 1024), (2048, 2048, 2048), (1024, 768, 3072),
-                                                 (1024, 896, 4864))
+GEMM_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (1024, 1024, 1024),
+    (2048, 2048, 2048),
+    (1024, 768, 3072),
+    (1024, 896, 4864),
+)
 
 
 def _gemm_rates(shape: tuple[int, int, int], threads: int, repeats: int, d: Path) -> dict[str, float]:
@@ -356,8 +375,11 @@ def measure_gemm(
     finally:
         if own_dir:
             shutil.rmtree(d, ignore_errors=True)
-    out: dict[str, Any] = {"shapes": list(per_shape), "threads": threads,
-                           "per_shape": {k: {e: round(v, 1) for e, v in r.items()} for k, r in per_shape.items()}}
+    out: dict[str, Any] = {
+        "shapes": list(per_shape),
+        "threads": threads,
+        "per_shape": {k: {e: round(v, 1) for e, v in r.items()} for k, r in per_shape.items()},
+    }
     for key in ("torch_fp32", "onnx_fp32", "onnx_int8"):
         best = max(per_shape, key=lambda sh, key=key: per_shape[sh][key])
         out[f"{key}_gflops"] = round(per_shape[best][key], 1)
@@ -430,8 +452,15 @@ def persona_token_counts(model: Any, profiles: Sequence[Profile]) -> list[dict[s
         prompt = model.prompt(persona)
         ids = model.tokenizer(persona, add_special_tokens=False)["input_ids"]
         unk = getattr(model.tokenizer, "unk_token_id", None)
-        rows.append({"profile": p.name, "persona_tokens": len(ids), "unknown_tokens": ids.count(unk) if unk is not None
-                     else 0, "prefix_tokens": len(prompt.prefix_ids), "suffix_tokens": len(prompt.suffix_ids)})
+        rows.append(
+            {
+                "profile": p.name,
+                "persona_tokens": len(ids),
+                "unknown_tokens": ids.count(unk) if unk is not None else 0,
+                "prefix_tokens": len(prompt.prefix_ids),
+                "suffix_tokens": len(prompt.suffix_ids),
+            }
+        )
     return rows
 
 
@@ -593,15 +622,22 @@ def measure_prefix_cache(
                 n = min(bc, bf)
                 diffs.append(float((sc[:n] - sf[:n]).abs().max()))
     per_batch = {
-        name: {**_stats(ts), "batch": int(name.split("@")[1]), "pairs_per_s": int(name.split("@")[1]) /
-               statistics.median(ts)}
-        for name, ts in times.items() if name != "prefix"
+        name: {
+            **_stats(ts),
+            "batch": int(name.split("@")[1]),
+            "pairs_per_s": int(name.split("@")[1]) / statistics.median(ts),
+        }
+        for name, ts in times.items()
+        if name != "prefix"
     }
     best_c = max((v for k, v in per_batch.items() if k.startswith("cached")), key=lambda v: v["pairs_per_s"])
     best_f = max((v for k, v in per_batch.items() if k.startswith("full")), key=lambda v: v["pairs_per_s"])
     common = sorted(set(cached_batches) & set(full_batches))
-    same = (per_batch[f"cached@{common[-1]}"]["pairs_per_s"] / per_batch[f"full@{common[-1]}"]["pairs_per_s"]
-            if common else None)
+    same = (
+        per_batch[f"cached@{common[-1]}"]["pairs_per_s"] / per_batch[f"full@{common[-1]}"]["pairs_per_s"]
+        if common
+        else None
+    )
     t_prefix = statistics.median(times["prefix"])
     per_pair_c, per_pair_f = 1.0 / best_c["pairs_per_s"], 1.0 / best_f["pairs_per_s"]
     tokens = persona_token_counts(model, profiles)
@@ -659,68 +695,73 @@ def measure_vision(
     repeats: int = 5,
     sweep: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """images/s of torch eager, ONNX fp32 and ONNX int8 on one batch of real photos; token cosine against torch.
+    """images/s of torch eager, ONNX fp32 and ONNX int8 on real photos; visual-token cosine against torch.
+
+    torch eager and ONNX int8 run at ``batch`` and every ``sweep`` size, ONNX fp32 at ``batch``; all of these
+    arms are interleaved in one loop, so every figure comes from the same stretch of machine time. The headline
+    compares each runtime at its best measured batch (a deployment tunes the batch for the runtime it uses; the
+    two do not peak at the same one), the same-batch figure at ``batch`` is reported next to it.
 
     Args:
         model: a PMLLM with its torch vision tower.
         onnx_dir: the exported artefact folder of that model.
-        pixels: (B_all, 3, S, S) preprocessed real photos; the first ``batch`` of them are timed and compared.
-        batch: images per call for every arm.
+        pixels: (B_all, 3, S, S) preprocessed real photos; the first ``batch`` of them are also compared.
+        batch: the main batch size (the scorer's ``vision.batch_size``).
         threads: intra-op threads of the ONNX sessions (torch's are set process-wide).
         repeats: timed calls per arm.
-        sweep: extra batch sizes at which torch and int8 are timed (the batch-size effect).
+        sweep: more batch sizes for torch and int8 (the batch-size effect).
     """
     from pmllm_batch.runtime.vision_runner import OnnxVisionRunner, TorchVisionRunner
 
     cpu = ["CPUExecutionProvider"]
-    big = max([batch, *sweep])
+    batches = sorted({batch, *sweep})
+    big = batches[-1]
     runners = {
         "torch": TorchVisionRunner(model, max_batch=big),
         "onnx_fp32": OnnxVisionRunner(onnx_dir, "fp32", providers=cpu, intra_op_threads=threads, max_batch=big),
         "onnx_int8": OnnxVisionRunner(onnx_dir, "int8", providers=cpu, intra_op_threads=threads, max_batch=big),
     }
-    x = np.ascontiguousarray(pixels[:batch])
+    inputs = {b: np.ascontiguousarray(pixels[:b]) for b in batches}
     outputs: dict[str, np.ndarray] = {}
 
-    def arm(name: str) -> Callable[[], None]:
+    def arm(runtime: str, b: int) -> Callable[[], None]:
         def call() -> None:
-            outputs[name] = runners[name].encode(x)
+            outputs[f"{runtime}@{b}"] = runners[runtime].encode(inputs[b])
 
         return call
 
-    times = interleaved({k: arm(k) for k in runners}, repeats)
-    out: dict[str, Any] = {"batch": int(x.shape[0]), "threads": threads, "images": int(x.shape[0])}
-    for k, ts in times.items():
-        out[k] = {**_stats(ts), "images_per_s": x.shape[0] / statistics.median(ts)}
-    # fidelity on the timed batch of real photos (the outputs of the last timed call of each arm)
-    ref = outputs["torch"]
-    for k in ("onnx_fp32", "onnx_int8"):
-        got = outputs[k]
+    arms = {f"{rt}@{b}": arm(rt, b) for b in batches for rt in ("torch", "onnx_int8")}
+    arms[f"onnx_fp32@{batch}"] = arm("onnx_fp32", batch)
+    times = interleaved(arms, repeats)
+    rate = {k: int(k.split("@")[1]) / statistics.median(ts) for k, ts in times.items()}
+    out: dict[str, Any] = {"batch": batch, "threads": threads, "images": batch, "batches": batches}
+    for rt in runners:
+        out[rt] = {**_stats(times[f"{rt}@{batch}"]), "images_per_s": rate[f"{rt}@{batch}"]}
+    # fidelity on the main batch of real photos (the outputs of the last timed call of each arm)
+    ref = outputs[f"torch@{batch}"]
+    for rt in ("onnx_fp32", "onnx_int8"):
+        got = outputs[f"{rt}@{batch}"]
         cos = token_cosine(got, ref)
-        out[k]["cosine_mean"] = float(cos.mean())
-        out[k]["cosine_min_image"] = float(cos.mean(axis=1).min())
-        out[k]["cosine_min_token"] = float(cos.min())
-        out[k]["max_abs_diff"] = float(np.abs(got - ref).max())
-    out["int8_vision_speedup"] = out["onnx_int8"]["images_per_s"] / out["torch"]["images_per_s"]
+        out[rt]["cosine_mean"] = float(cos.mean())
+        out[rt]["cosine_min_image"] = float(cos.mean(axis=1).min())
+        out[rt]["cosine_min_token"] = float(cos.min())
+        out[rt]["max_abs_diff"] = float(np.abs(got - ref).max())
+    out["batch_sweep"] = [
+        {
+            "batch": b,
+            "torch_images_per_s": rate[f"torch@{b}"],
+            "onnx_int8_images_per_s": rate[f"onnx_int8@{b}"],
+            "int8_speedup": rate[f"onnx_int8@{b}"] / rate[f"torch@{b}"],
+        }
+        for b in batches
+    ]
+    best = {rt: max(batches, key=lambda b, rt=rt: rate[f"{rt}@{b}"]) for rt in ("torch", "onnx_int8")}
+    out["best_batch"] = best
+    out["int8_vision_speedup"] = rate[f"onnx_int8@{best['onnx_int8']}"] / rate[f"torch@{best['torch']}"]
+    out["int8_vision_speedup_same_batch"] = out["onnx_int8"]["images_per_s"] / out["torch"]["images_per_s"]
     out["fp32_vision_speedup"] = out["onnx_fp32"]["images_per_s"] / out["torch"]["images_per_s"]
     out["int8_vision_cosine"] = out["onnx_int8"]["cosine_mean"]
     out["graph_ids"] = {k: r.graph_id for k, r in runners.items()}
-    if sweep:
-        rows = []
-        for bs in sweep:
-            xs = np.ascontiguousarray(pixels[:bs])
-            ts = interleaved({k: (lambda r=runners[k], xs=xs: r.encode(xs)) for k in ("torch", "onnx_int8")}, repeats)
-            rows.append({"batch": int(xs.shape[0]),
-                         **{f"{k}_images_per_s": xs.shape[0] / statistics.median(v) for k, v in ts.items()}})
-            rows[-1]["int8_speedup"] = rows[-1]["onnx_int8_images_per_s"] / rows[-1]["torch_images_per_s"]
-        out["batch_sweep"] = rows
-        # each runtime at its own best batch: what a deployment tuned for either one would get
-        best = {
-            k: max([(out[k]["images_per_s"], out["batch"]), *((r[f"{k}_images_per_s"], r["batch"]) for r in rows)])
-            for k in ("torch", "onnx_int8")
-        }
-        out["best_batch"] = {k: b for k, (_, b) in best.items()}
-        out["int8_vision_speedup_best_batches"] = best["onnx_int8"][0] / best["torch"][0]
     return out
 
 
@@ -737,8 +778,12 @@ def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int) ->
         "model": {"preset": preset, "offline": True, "device": "cpu", "checkpoint": ""},
         "db": {"url": f"sqlite:///{work / 'library.sqlite'}"},
         "paths": {"data_dir": str(work / "data"), "cache_dir": str(cache_dir)},
-        "vision": {"backend": "onnx", "variant": "int8", "providers": ["CPUExecutionProvider"],
-                   "intra_op_threads": threads},
+        "vision": {
+            "backend": "onnx",
+            "variant": "int8",
+            "providers": ["CPUExecutionProvider"],
+            "intra_op_threads": threads,
+        },
     }
     return load_config(None, overrides=overrides, env={"HOME": str(work / "home")})
 
@@ -793,9 +838,16 @@ def library_runs(spec: dict[str, Any]) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     rss_loaded = _proc_status_mb("VmRSS")
     first_two, third = BENCH_PROFILES[:2], BENCH_PROFILES[2]
-    out: dict[str, Any] = {"preset": preset, "model": loaded.model.cfg.name, "load_s": load_s, "threads": threads,
-                           "torch_threads": torch.get_num_threads(), "vision_graph": loaded.vision.graph_id,
-                           "vision_batch": settings.vision.batch_size, "score_batch": settings.score.batch_size}
+    out: dict[str, Any] = {
+        "preset": preset,
+        "model": loaded.model.cfg.name,
+        "load_s": load_s,
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "vision_graph": loaded.vision.graph_id,
+        "vision_batch": settings.vision.batch_size,
+        "score_batch": settings.score.batch_size,
+    }
     with Store(settings.db_url()) as store:
         for p in first_two:
             store.upsert_profile(p, render_persona(p))
@@ -818,12 +870,29 @@ def library_runs(spec: dict[str, Any]) -> dict[str, Any]:
         {
             "photos": n,
             "new_photos": n_new,
-            "first_run": {"profiles": 2, "wall_s": t1, "encoded": s1.encoded, "scored": s1.scored,
-                          "failed": s1.failed, "images_per_s": n / t1, "pairs_per_s": s1.scored / t1},
-            "new_profile_run": {"profiles": 3, "wall_s": t2, "encoded": s2.encoded, "scored": s2.scored,
-                                "wall_vs_first": t2 / t1},
-            "new_photos_run": {"profiles": 3, "wall_s": t3, "encoded": s3.encoded, "scored": s3.scored,
-                               "wall_vs_first": t3 / t1},
+            "first_run": {
+                "profiles": 2,
+                "wall_s": t1,
+                "encoded": s1.encoded,
+                "scored": s1.scored,
+                "failed": s1.failed,
+                "images_per_s": n / t1,
+                "pairs_per_s": s1.scored / t1,
+            },
+            "new_profile_run": {
+                "profiles": 3,
+                "wall_s": t2,
+                "encoded": s2.encoded,
+                "scored": s2.scored,
+                "wall_vs_first": t2 / t1,
+            },
+            "new_photos_run": {
+                "profiles": 3,
+                "wall_s": t3,
+                "encoded": s3.encoded,
+                "scored": s3.scored,
+                "wall_vs_first": t3 / t1,
+            },
             "visual_cache_entries": entries,
             "visual_cache_bytes": cache_bytes,
             "visual_cache_bytes_per_image": cache_bytes / max(entries, 1),
@@ -906,8 +975,9 @@ def measure_flops(model: Any, pixels: np.ndarray, visual: torch.Tensor, profile:
     }
 
 
-def against_limit(flops: dict[str, float], gemm: dict[str, Any], vision: dict[str, Any],
-                  prefix: dict[str, Any]) -> dict[str, Any]:
+def against_limit(
+    flops: dict[str, float], gemm: dict[str, Any], vision: dict[str, Any], prefix: dict[str, Any]
+) -> dict[str, Any]:
     """Achieved GFLOP/s of each stage and its fraction of the matching large-GEMM rate (engine, precision)."""
     fp = flops["vision_flops_per_image"]
     rows = {
@@ -915,8 +985,10 @@ def against_limit(flops: dict[str, float], gemm: dict[str, Any], vision: dict[st
         "vision_onnx_fp32": (fp * vision["onnx_fp32"]["images_per_s"], gemm["onnx_fp32_gflops"]),
         # int8 does the same multiply-adds as fp32; its practical limit is the int8 GEMM, not the fp32 one
         "vision_onnx_int8": (fp * vision["onnx_int8"]["images_per_s"], gemm["onnx_int8_gflops"]),
-        "llm_cached": (flops["llm_cached_flops_per_pair"] * prefix["prefix_cache_pairs_per_s"],
-                       gemm["torch_fp32_gflops"]),
+        "llm_cached": (
+            flops["llm_cached_flops_per_pair"] * prefix["prefix_cache_pairs_per_s"],
+            gemm["torch_fp32_gflops"],
+        ),
         "llm_full": (flops["llm_full_flops_per_pair"] * prefix["full_prompt_pairs_per_s"], gemm["torch_fp32_gflops"]),
     }
     out: dict[str, Any] = {"threads": gemm["threads"], "gemm": gemm, "flops": flops, "stages": {}}
@@ -934,14 +1006,50 @@ def against_limit(flops: dict[str, float], gemm: dict[str, Any], vision: dict[st
 
 # Sizes per preset and mode: batch sizes timed per section, repeats per arm, library photos, GEMM shapes.
 _SIZES: dict[tuple[str, bool], dict[str, Any]] = {
-    ("demo", False): {"vision_batch": 16, "cached_batches": (8, 32), "full_batches": (4, 8), "rep_cached": 15,
-                      "rep_full": 9, "rep_vision": 15, "library": 64, "sweep": (1, 4, 32, 64), "gemm": GEMM_SHAPES},
-    ("cpu", False): {"vision_batch": 16, "cached_batches": (8, 32), "full_batches": (4, 8), "rep_cached": 5,
-                     "rep_full": 3, "rep_vision": 7, "library": 16, "sweep": (1, 4, 32), "gemm": GEMM_SHAPES},
-    ("demo", True): {"vision_batch": 8, "cached_batches": (4,), "full_batches": (4,), "rep_cached": 3, "rep_full": 2,
-                     "rep_vision": 3, "library": 12, "sweep": (), "gemm": ((512, 512, 512),)},
-    ("cpu", True): {"vision_batch": 4, "cached_batches": (2,), "full_batches": (2,), "rep_cached": 2, "rep_full": 1,
-                    "rep_vision": 2, "library": 6, "sweep": (), "gemm": ((512, 512, 512),)},
+    ("demo", False): {
+        "vision_batch": 16,
+        "cached_batches": (8, 32),
+        "full_batches": (4, 8),
+        "rep_cached": 15,
+        "rep_full": 9,
+        "rep_vision": 15,
+        "library": 64,
+        "sweep": (1, 4, 32, 64),
+        "gemm": GEMM_SHAPES,
+    },
+    ("cpu", False): {
+        "vision_batch": 16,
+        "cached_batches": (4, 32),
+        "full_batches": (2, 4),
+        "rep_cached": 3,
+        "rep_full": 3,
+        "rep_vision": 5,
+        "library": 16,
+        "sweep": (1, 4, 32),
+        "gemm": GEMM_SHAPES,
+    },
+    ("demo", True): {
+        "vision_batch": 8,
+        "cached_batches": (4,),
+        "full_batches": (4,),
+        "rep_cached": 3,
+        "rep_full": 2,
+        "rep_vision": 3,
+        "library": 12,
+        "sweep": (),
+        "gemm": ((512, 512, 512),),
+    },
+    ("cpu", True): {
+        "vision_batch": 4,
+        "cached_batches": (2,),
+        "full_batches": (2,),
+        "rep_cached": 2,
+        "rep_full": 1,
+        "rep_vision": 2,
+        "library": 6,
+        "sweep": (),
+        "gemm": ((512, 512, 512),),
+    },
 }
 N_NEW_PHOTOS = 10
 
@@ -1021,8 +1129,12 @@ def run_bench(
         n_threads = int(threads or probe["best"])
         set_threads(n_threads)
         result["machine"] = machine_info(n_threads)
-        result["threads_probe"] = {"median_s": probe["candidates"], "best": probe["best"],
-                                   "chosen_by": "--threads" if threads else "probe", "work": "LLM cached scoring"}
+        result["threads_probe"] = {
+            "median_s": probe["candidates"],
+            "best": probe["best"],
+            "chosen_by": "--threads" if threads else "probe",
+            "work": "LLM cached scoring",
+        }
         result["timings"] = timings
 
         say("exporting the vision graph to ONNX (fp32 + int8)")
@@ -1035,16 +1147,29 @@ def run_bench(
         say("prefix cache vs full prompt (section 1)")
         t = time.perf_counter()
         visual = visual_all[: max(*sizes["cached_batches"], *sizes["full_batches"])].clone()
-        prefix = measure_prefix_cache(model, visual, BENCH_PROFILES[:2], cached_batches=sizes["cached_batches"],
-                                      full_batches=sizes["full_batches"], repeats_cached=sizes["rep_cached"],
-                                      repeats_full=sizes["rep_full"])
+        prefix = measure_prefix_cache(
+            model,
+            visual,
+            BENCH_PROFILES[:2],
+            cached_batches=sizes["cached_batches"],
+            full_batches=sizes["full_batches"],
+            repeats_cached=sizes["rep_cached"],
+            repeats_full=sizes["rep_full"],
+        )
         result["prefix_cache"] = prefix
         timings["prefix_cache_s"] = time.perf_counter() - t
 
         say("vision: torch eager vs ONNX fp32 / int8 (section 2)")
         t = time.perf_counter()
-        vision = measure_vision(model, onnx_dir, pixels, batch=sizes["vision_batch"], threads=n_threads,
-                                repeats=sizes["rep_vision"], sweep=sizes["sweep"])
+        vision = measure_vision(
+            model,
+            onnx_dir,
+            pixels,
+            batch=sizes["vision_batch"],
+            threads=n_threads,
+            repeats=sizes["rep_vision"],
+            sweep=sizes["sweep"],
+        )
         result["vision"] = vision
         timings["vision_s"] = time.perf_counter() - t
 
@@ -1094,7 +1219,9 @@ def run_bench(
             "prefix_cache_speedup": prefix["prefix_cache_speedup"],
             "prefix_cache_scores_max_abs_diff": prefix["max_abs_score_diff"],
             "persona_tokens": prefix["min_persona_tokens"],
+            "prefix_cache_speedup_same_batch": prefix["prefix_cache_speedup_same_batch"],
             "int8_vision_speedup": vision["int8_vision_speedup"],
+            "int8_vision_speedup_same_batch": vision["int8_vision_speedup_same_batch"],
             "int8_vision_cosine": vision["int8_vision_cosine"],
             "fp32_vision_cosine": vision["onnx_fp32"]["cosine_mean"],
             "new_profile_vision_encodes": main_lib["new_profile_run"]["encoded"] if ok_lib else None,
@@ -1142,51 +1269,84 @@ def _f(x: float | None, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms"
+
+
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(section, figure, value) rows shared by the stdout table and the Markdown report."""
     p, v, lim = result["prefix_cache"], result["vision"], result["limit"]
     rows: list[tuple[str, str, str]] = []
     tk = p["tokens"][0]
     rows += [
-        ("1 prefix cache", "persona / prefix / suffix tokens",
-         f"{p['min_persona_tokens']}+ / {tk['prefix_tokens']} / {tk['suffix_tokens']}"),
+        (
+            "1 prefix cache",
+            "persona / prefix / suffix tokens",
+            f"{p['min_persona_tokens']}+ / {tk['prefix_tokens']} / {tk['suffix_tokens']}",
+        ),
     ]
     for name, row in p["per_batch"].items():
         path = "prefix cache" if name.startswith("cached") else "full prompt"
         rows.append(("1 prefix cache", f"{path}, pairs/s at batch {row['batch']}", _f(row["pairs_per_s"], 2)))
     rows += [
-        ("1 prefix cache", f"speedup, each at its best batch (cached {p['cached_batch']}, full {p['full_batch']})",
-         f"{p['prefix_cache_speedup']:.1f}x"),
+        (
+            "1 prefix cache",
+            f"speedup, each at its best batch (cached {p['cached_batch']}, full {p['full_batch']})",
+            f"{p['prefix_cache_speedup']:.1f}x",
+        ),
     ]
     if p.get("prefix_cache_speedup_same_batch") is not None:
-        rows.append(("1 prefix cache", f"speedup at the same batch ({p['same_batch']})",
-                     f"{p['prefix_cache_speedup_same_batch']:.1f}x"))
+        rows.append(
+            (
+                "1 prefix cache",
+                f"speedup at the same batch ({p['same_batch']})",
+                f"{p['prefix_cache_speedup_same_batch']:.1f}x",
+            )
+        )
     rows += [
-        ("1 prefix cache", "bound: (prefix + suffix) / suffix tokens",
-         f"{p['token_ratio']:.1f}x ({p['token_ratio_at_min_persona']:.1f}x for a {MIN_PERSONA_TOKENS}-token persona)"),
+        (
+            "1 prefix cache",
+            "bound: (prefix + suffix) / suffix tokens",
+            f"{p['token_ratio']:.1f}x ({p['token_ratio_at_min_persona']:.1f}x for a "
+            f"{MIN_PERSONA_TOKENS}-token persona)",
+        ),
         ("1 prefix cache", "prefix encode, once per profile", f"{p['prefix_encode']['median_s'] * 1e3:.0f} ms"),
-        ("1 prefix cache", f"speedup incl. prefix, {p['library_images_per_profile']} photos/profile",
-         f"{p['prefix_cache_speedup_incl_prefix']:.1f}x"),
+        (
+            "1 prefix cache",
+            f"speedup incl. prefix, {p['library_images_per_profile']} photos/profile",
+            f"{p['prefix_cache_speedup_incl_prefix']:.1f}x",
+        ),
         ("1 prefix cache", "break-even", f"{p['breakeven_images_per_profile']:.1f} photos/profile"),
-        ("1 prefix cache", "max |cached - full| score", f"{p['max_abs_score_diff']:.1e}"),
+        ("1 prefix cache", "max abs difference of cached and full scores", f"{p['max_abs_score_diff']:.1e}"),
     ]
-    for k, label in (("torch", "torch eager"), ("onnx_fp32", "ONNX fp32"), ("onnx_int8", "ONNX int8")):
-        rows.append(("2 vision", f"{label}, images/s (batch {v['batch']})", _f(v[k]["images_per_s"], 1)))
+    for row in v["batch_sweep"]:
+        rows.append(
+            (
+                "2 vision",
+                f"batch {row['batch']}: torch eager / ONNX int8 images/s",
+                f"{_f(row['torch_images_per_s'])} / {_f(row['onnx_int8_images_per_s'])} ({row['int8_speedup']:.2f}x)",
+            )
+        )
+    bb = v["best_batch"]
     rows += [
-        ("2 vision", "int8 speedup vs torch eager", f"{v['int8_vision_speedup']:.2f}x"),
-        ("2 vision", "fp32 speedup vs torch eager", f"{v['fp32_vision_speedup']:.2f}x"),
-        ("2 vision", f"token cosine vs torch, {v['images']} real photos: int8 (min image)",
-         f"{v['onnx_int8']['cosine_mean']:.5f} ({v['onnx_int8']['cosine_min_image']:.5f})"),
-        ("2 vision", "token cosine vs torch: fp32", f"{v['onnx_fp32']['cosine_mean']:.6f}"),
+        ("2 vision", f"ONNX fp32 images/s (batch {v['batch']})", _f(v["onnx_fp32"]["images_per_s"])),
+        (
+            "2 vision",
+            f"int8 vs torch eager, each at its best batch (torch {bb['torch']}, int8 {bb['onnx_int8']})",
+            f"{v['int8_vision_speedup']:.2f}x",
+        ),
+        (
+            "2 vision",
+            f"int8 / fp32 vs torch eager at the same batch ({v['batch']})",
+            f"{v['int8_vision_speedup_same_batch']:.2f}x / {v['fp32_vision_speedup']:.2f}x",
+        ),
+        (
+            "2 vision",
+            f"token cosine vs torch, {v['images']} real photos: int8 mean (worst photo)",
+            f"{v['onnx_int8']['cosine_mean']:.5f} ({v['onnx_int8']['cosine_min_image']:.5f})",
+        ),
+        ("2 vision", "token cosine vs torch: fp32 mean", f"{v['onnx_fp32']['cosine_mean']:.6f}"),
     ]
-    for row in v.get("batch_sweep", []):
-        rows.append(("2 vision", f"batch {row['batch']}: torch / int8 images/s",
-                     f"{_f(row['torch_images_per_s'])} / {_f(row['onnx_int8_images_per_s'])} "
-                     f"({row['int8_speedup']:.2f}x)"))
-    if "best_batch" in v:
-        bb = v["best_batch"]
-        rows.append(("2 vision", f"each at its best batch (torch {bb['torch']}, int8 {bb['onnx_int8']})",
-                     f"{v['int8_vision_speedup_best_batches']:.2f}x"))
     for name, lib in result["library"].items():
         if "error" in lib:
             rows.append((f"3-4 library ({name})", "FAILED", lib["error"].splitlines()[-1][:150]))
@@ -1196,34 +1356,59 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows += [
             (sec, f"first run: {lib['photos']} photos x 2 profiles, vision encodes", str(f1["encoded"])),
             (sec, "third profile added: vision encodes", str(f2["encoded"])),
-            (sec, "third profile: wall time vs first run",
-             f"{f2['wall_s']:.2f} s vs {f1['wall_s']:.2f} s ({f2['wall_vs_first']:.2f}x)"),
-            (sec, f"{lib['new_photos']} new photos: vision encodes (pairs scored)",
-             f"{f3['encoded']} ({f3['scored']})"),
+            (
+                sec,
+                "third profile: wall time vs first run",
+                f"{f2['wall_s']:.2f} s vs {f1['wall_s']:.2f} s ({f2['wall_vs_first']:.2f}x)",
+            ),
+            (
+                sec,
+                f"{lib['new_photos']} new photos: vision encodes (pairs scored)",
+                f"{f3['encoded']} ({f3['scored']})",
+            ),
         ]
         sec = f"4 end to end ({name})"
         rows += [
             (sec, "images/s (scan, decode, vision, 2 profiles, write)", _f(f1["images_per_s"], 1)),
             (sec, "(image, profile) pairs/s", _f(f1["pairs_per_s"], 1)),
-            (sec, "peak RSS of the scoring process (after load / at end)",
-             f"{lib['peak_rss_mb']:.0f} MB ({_f(lib.get('rss_after_load_mb'), 0)} / "
-             f"{_f(lib.get('rss_end_mb'), 0)} MB)"),
+            (
+                sec,
+                "peak RSS of the scoring process (after load / at end)",
+                f"{lib['peak_rss_mb']:.0f} MB ({_f(lib.get('rss_after_load_mb'), 0)} / "
+                f"{_f(lib.get('rss_end_mb'), 0)} MB)",
+            ),
             (sec, "visual-token cache per image", f"{lib['visual_cache_bytes_per_image'] / 1024:.1f} KiB"),
             (sec, "model load (once)", f"{lib['load_s']:.1f} s"),
+            (sec, "scorer batches, shipped defaults: vision / score", f"{lib['vision_batch']} / {lib['score_batch']}"),
         ]
     g = lim["gemm"]
-    rows.append(("5 limit", f"large GEMM, best of {len(g['shapes'])} shapes: torch fp32 / ORT fp32 / ORT int8 GFLOP/s",
-                 f"{_f(g['torch_fp32_gflops'])} / {_f(g['onnx_fp32_gflops'])} / {_f(g['onnx_int8_gflops'])}"))
-    labels = {"vision_torch": "vision torch eager", "vision_onnx_fp32": "vision ONNX fp32",
-              "vision_onnx_int8": "vision ONNX int8 (vs int8 GEMM)", "llm_cached": "LLM prefix-cached suffix",
-              "llm_full": "LLM full prompt"}
+    rows.append(
+        (
+            "5 limit",
+            f"large GEMM, best of {len(g['shapes'])} shapes: torch fp32 / ORT fp32 / ORT int8 GFLOP/s",
+            f"{_f(g['torch_fp32_gflops'])} / {_f(g['onnx_fp32_gflops'])} / {_f(g['onnx_int8_gflops'])}",
+        )
+    )
+    labels = {
+        "vision_torch": "vision torch eager",
+        "vision_onnx_fp32": "vision ONNX fp32",
+        "vision_onnx_int8": "vision ONNX int8 (vs int8 GEMM)",
+        "llm_cached": "LLM prefix-cached suffix",
+        "llm_full": "LLM full prompt",
+    }
     for key, label in labels.items():
         st = lim["stages"][key]
         rows.append(("5 limit", f"{label}: GFLOP/s (fraction of GEMM)", f"{_f(st['gflops'])} ({st['fraction']:.0%})"))
     probe = result.get("threads_probe", {})
-    how = ", ".join(f"{n}: {t:.2f} s" for n, t in sorted(probe.get("median_s", {}).items(), key=lambda kv: int(kv[0])))
-    rows.append(("5 limit", "threads, torch and ONNX Runtime (probe: LLM batch at each count)",
-                 f"{lim['threads']} ({probe.get('chosen_by', '?')}; {how})"))
+    cands = sorted(probe.get("median_s", {}).items(), key=lambda kv: int(kv[0]))
+    how = ", ".join(f"{n}: {_duration(t)}" for n, t in cands)
+    rows.append(
+        (
+            "5 limit",
+            "threads, torch and ONNX Runtime (probe: LLM batch at each count)",
+            f"{lim['threads']} ({probe.get('chosen_by', '?')}; {how})",
+        )
+    )
     return rows
 
 
@@ -1254,6 +1439,11 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _md_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """:func:`table_rows` with any ``|`` escaped, so a cell can never split the Markdown table."""
+    return [tuple(cell.replace("|", "\\|") for cell in row) for row in table_rows(result)]  # type: ignore[misc]
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """The Markdown report (the README's performance section cites it)."""
     m = result["machine"]
@@ -1277,7 +1467,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| section | figure | value |",
         "|---|---|---|",
     ]
-    out += [f"| {s} | {f} | {v} |" for s, f, v in table_rows(result)]
+    out += [f"| {s} | {f} | {v} |" for s, f, v in _md_rows(result)]
     out += ["", "Checks: " + _checks_line(result["checks"]), ""]
     return "\n".join(out)
 

@@ -25,6 +25,8 @@ HEADLINE_KEYS = (
     "vision_gemm_fraction",
     "llm_gemm_fraction",
     "prefix_cache_scores_max_abs_diff",
+    "prefix_cache_speedup_same_batch",
+    "int8_vision_speedup_same_batch",
     "persona_tokens",
     "threads",
 )

@@ -22,17 +22,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(nothing is downloaded). Exits 1 when an acceptance check fails.",
     )
     # dest differs from the global --preset, whose value a subparser default would otherwise overwrite
-    parser.add_argument("--preset", dest="bench_preset", choices=("demo", "cpu"), default=None,
-                        help="model to measure: demo (default) or cpu (random weights, cpu-preset shapes)")
+    parser.add_argument(
+        "--preset",
+        dest="bench_preset",
+        choices=("demo", "cpu"),
+        default=None,
+        help="model to measure: demo (default) or cpu (random weights, cpu-preset shapes)",
+    )
     parser.add_argument("--json", action="store_true", help="print every figure as JSON instead of the table")
-    parser.add_argument("--out", metavar="DIR", default="bench-out",
-                        help="folder for bench-<preset>.json and .md (default ./bench-out)")
+    parser.add_argument(
+        "--out", metavar="DIR", default="bench-out", help="folder for bench-<preset>.json and .md (default ./bench-out)"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (a plumbing check)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="intra-op threads for torch and ONNX Runtime (default: whichever of 1 … all CPUs runs the "
-                        "model's LLM stage fastest, found by a short probe)")
-    parser.add_argument("--photos", metavar="DIR", default=None,
-                        help="folder of real photos to derive the bench images from (default: examples/photos)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads for torch and ONNX Runtime (default: whichever of 1 … all CPUs runs the "
+        "model's LLM stage fastest, found by a short probe)",
+    )
+    parser.add_argument(
+        "--photos",
+        metavar="DIR",
+        default=None,
+        help="folder of real photos to derive the bench images from (default: examples/photos)",
+    )
     parser.set_defaults(func=run)
 
 
