@@ -25,6 +25,7 @@ and meaningless for scores; every figure says so.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -233,7 +234,7 @@ def probe_threads(work: Callable[[], Any], max_threads: int, repeats: int = 2) -
         work()
 
     try:
-        times = interleaved({str(n): (lambda n=n: run(n)) for n in candidates}, repeats)
+        times = interleaved({str(n): functools.partial(run, n) for n in candidates}, repeats)
     finally:
         torch.set_num_threads(previous)
     medians = {int(k): statistics.median(v) for k, v in times.items()}
@@ -275,7 +276,9 @@ def machine_info(threads: int) -> dict[str, Any]:
         import open_clip
 
         info["open_clip"] = open_clip.__version__
-    model, flags, cores = "unknown", set(), set()
+    model = "unknown"
+    flags: set[str] = set()
+    cores: set[tuple[str, str]] = set()
     with contextlib.suppress(OSError):
         physical = core = ""
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -349,7 +352,7 @@ def _gemm_rates(shape: tuple[int, int, int], threads: int, repeats: int, d: Path
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         sess = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        arms[key] = lambda s=sess: s.run(None, {"x": a})
+        arms[key] = functools.partial(sess.run, None, {"x": a})
     times = interleaved(arms, repeats)
     return {key: 2.0 * m * k * n / statistics.median(ts) / 1e9 for key, ts in times.items()}
 
@@ -381,7 +384,7 @@ def measure_gemm(
         "per_shape": {k: {e: round(v, 1) for e, v in r.items()} for k, r in per_shape.items()},
     }
     for key in ("torch_fp32", "onnx_fp32", "onnx_int8"):
-        best = max(per_shape, key=lambda sh, key=key: per_shape[sh][key])
+        best = max((r[key], sh) for sh, r in per_shape.items())[1]
         out[f"{key}_gflops"] = round(per_shape[best][key], 1)
         out[f"{key}_best_shape"] = best
     return out
@@ -405,6 +408,7 @@ def _random_cpu_model(seed: int = SEED) -> Any:
 
     from pmllm_batch.model.config import ModelCfg
     from pmllm_batch.model.factory import get_preset
+    from pmllm_batch.model.fusion import SelectiveFusionBlock
     from pmllm_batch.model.pmllm import PMLLM
     from pmllm_batch.model.vision import build_vision_tower
 
@@ -422,6 +426,7 @@ def _random_cpu_model(seed: int = SEED) -> Any:
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for block in model.fused.fusion_blocks.values():
+            assert isinstance(block, SelectiveFusionBlock)
             block.to_out.weight.normal_(0.0, 0.02, generator=gen)
     return model.eval()
 
@@ -592,9 +597,9 @@ def measure_prefix_cache(
 
     arms: dict[str, tuple[Callable[[], None], int]] = {"prefix": (prefix, repeats_cached)}
     for b in cached_batches:
-        arms[f"cached@{b}"] = (lambda b=b: cached(b), repeats_cached)
+        arms[f"cached@{b}"] = (functools.partial(cached, b), repeats_cached)
     for b in full_batches:
-        arms[f"full@{b}"] = (lambda b=b: full(b), repeats_full)
+        arms[f"full@{b}"] = (functools.partial(full, b), repeats_full)
     times: dict[str, list[float]] = {k: [] for k in arms}
     with torch.inference_mode():
         # warm-up at batch 1 keeps the slow arm's warm-up cheap; it still initialises every kernel path
@@ -716,7 +721,7 @@ def measure_vision(
     cpu = ["CPUExecutionProvider"]
     batches = sorted({batch, *sweep})
     big = batches[-1]
-    runners = {
+    runners: dict[str, Any] = {
         "torch": TorchVisionRunner(model, max_batch=big),
         "onnx_fp32": OnnxVisionRunner(onnx_dir, "fp32", providers=cpu, intra_op_threads=threads, max_batch=big),
         "onnx_int8": OnnxVisionRunner(onnx_dir, "int8", providers=cpu, intra_op_threads=threads, max_batch=big),
@@ -755,7 +760,7 @@ def measure_vision(
         }
         for b in batches
     ]
-    best = {rt: max(batches, key=lambda b, rt=rt: rate[f"{rt}@{b}"]) for rt in ("torch", "onnx_int8")}
+    best = {rt: max((rate[f"{rt}@{b}"], b) for b in batches)[1] for rt in ("torch", "onnx_int8")}
     out["best_batch"] = best
     out["int8_vision_speedup"] = rate[f"onnx_int8@{best['onnx_int8']}"] / rate[f"torch@{best['torch']}"]
     out["int8_vision_speedup_same_batch"] = out["onnx_int8"]["images_per_s"] / out["torch"]["images_per_s"]
@@ -774,7 +779,7 @@ def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int) ->
     """Shipped defaults plus the bench's own paths; no user config file or PMLLM_* variable can leak in."""
     from pmllm_batch.config import load_config
 
-    overrides = {
+    overrides: dict[str, dict[str, Any]] = {
         "model": {"preset": preset, "offline": True, "device": "cpu", "checkpoint": ""},
         "db": {"url": f"sqlite:///{work / 'library.sqlite'}"},
         "paths": {"data_dir": str(work / "data"), "cache_dir": str(cache_dir)},
