@@ -598,6 +598,10 @@ def test_daemon_keeps_rankings_in_step_with_the_folder_through_a_kill_9_and_a_po
         assert "inotify is unavailable" in second.log() and "falling back to polling" in second.log()
         initial = wait_until(lambda: [b for b in second.batches() if "initial" in b["what"]], 10, "initial line")[0]
         assert initial["new"] == 32 - committed  # photos committed before the kill were not read again
+        # the killed daemon's run no longer reads "running": the second one closed it as interrupted
+        runs = query(env.db_path, "SELECT status, summary_json FROM runs WHERE kind = 'watch' ORDER BY id")
+        assert [r[0] for r in runs] == ["interrupted", "running"]
+        assert f"its process ({first.proc.pid}) ended without closing the run" in runs[0][1]
         assert scores_at_kill + initial["scored"] == len(query(env.db_path, "SELECT id FROM scores"))
         for p in profiles:
             rows = scored(env.db_path, p)

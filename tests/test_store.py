@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -328,22 +330,78 @@ def test_new_migration_runs_once_after_a_backup(store: Store, db_path: Path, mon
         if "rating" not in cols:  # idempotent
             conn.exec_driver_sql("ALTER TABLE photos ADD COLUMN rating INTEGER")
 
+    old = db_schema.latest_version()
     monkeypatch.setattr(
-        db_schema, "MIGRATIONS", [*db_schema.MIGRATIONS, db_schema.Migration(2, "0002_rating", add_column)]
+        db_schema, "MIGRATIONS", [*db_schema.MIGRATIONS, db_schema.Migration(old + 1, "9999_rating", add_column)]
     )
     with Store(f"sqlite:///{db_path}") as upgraded:
-        assert upgraded.schema_version() == 2
+        assert upgraded.schema_version() == old + 1
         assert [p.name for p in upgraded.list_profiles()] == ["alice"]
     with Store(f"sqlite:///{db_path}"):
         pass
     assert calls == [1]
-    backups = list(db_path.parent.glob("library.sqlite.v1-*.bak"))
+    backups = list(db_path.parent.glob(f"library.sqlite.v{old}-*.bak"))
     assert len(backups) == 1
     con = sqlite3.connect(backups[0])
     try:
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(old),)
     finally:
         con.close()
+
+
+def test_a_version_1_database_gains_the_run_owner_columns_and_keeps_its_rows(store: Store, db_path: Path) -> None:
+    store.upsert_profile(Profile(name="alice"), "p")
+    run_id = store.start_run("rank", {"folder": "/photos"})
+    store.finish_run(run_id, "ok", {"scored": 3})
+    store.close()
+    con = sqlite3.connect(db_path)  # turn it back into what schema version 1 wrote
+    con.execute("ALTER TABLE runs DROP COLUMN pid")
+    con.execute("ALTER TABLE runs DROP COLUMN host")
+    con.execute("DELETE FROM migrations WHERE name = '0002_run_owner'")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Store(f"sqlite:///{db_path}") as upgraded:
+        assert upgraded.schema_version() == 2
+        last = upgraded.status()["last_run"]
+        assert (last["id"], last["status"], last["summary"], last["pid"]) == (run_id, "ok", {"scored": 3}, None)
+        assert [p.name for p in upgraded.list_profiles()] == ["alice"]
+        new = upgraded.start_run("rank", {})
+        assert upgraded.status()["last_run"]["pid"] == os.getpid() and new == run_id + 1
+    assert len(list(db_path.parent.glob("library.sqlite.v1-*.bak"))) == 1
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process probing is POSIX-only")
+def test_a_run_whose_process_died_reads_as_interrupted_and_the_next_run_closes_it(store: Store, db_path: Path) -> None:
+    killed = store.start_run("watch", {})
+    alive = store.start_run("rank", {})  # this very process: still running
+    dead = _dead_pid()
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead, killed))
+    con.commit()
+    con.close()
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE runs SET id = 100 WHERE id = ?", (killed,))  # make the dead run the last one
+    con.commit()
+    # read-only: status reports it, without writing
+    last = store.status()["last_run"]
+    assert (last["id"], last["status"]) == (100, "interrupted")
+    assert f"its process ({dead}) ended without closing the run" in last["summary"]["reason"]
+    assert con.execute("SELECT status FROM runs WHERE id = 100").fetchone() == ("running",)
+    # the next run on this host closes it for good
+    store.start_run("rank", {})
+    assert con.execute("SELECT status, finished_at IS NOT NULL FROM runs WHERE id = 100").fetchone() == (
+        "interrupted",
+        1,
+    )
+    assert con.execute("SELECT status FROM runs WHERE id = ?", (alive,)).fetchone() == ("running",)  # still alive
+    con.close()
 
 
 def test_sqlite_pragmas_are_set(store: Store) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     inspect,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -166,6 +167,10 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16))  # one of RUN_STATUSES
     args_json: Mapped[str] = mapped_column(Text)
     summary_json: Mapped[str | None] = mapped_column(Text)
+    # The process that runs it: a "running" row whose process is gone (kill -9, power cut) is reported, and
+    # closed by the next run on the same host, as interrupted instead of staying "running" for ever.
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -187,8 +192,18 @@ def _create_tables(conn: Connection) -> None:
     Base.metadata.create_all(conn)
 
 
+def _add_run_owner(conn: Connection) -> None:
+    # Databases created by schema version 1 lack the two columns; fresh ones already have them (create_all).
+    columns = {c["name"] for c in inspect(conn).get_columns(Run.__tablename__)}
+    if "pid" not in columns:
+        conn.execute(text(f"ALTER TABLE {Run.__tablename__} ADD COLUMN pid INTEGER"))
+    if "host" not in columns:
+        conn.execute(text(f"ALTER TABLE {Run.__tablename__} ADD COLUMN host VARCHAR(255)"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_create_tables", _create_tables),
+    Migration(2, "0002_run_owner", _add_run_owner),
 ]
 
 

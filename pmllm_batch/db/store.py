@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -67,6 +69,20 @@ BUSY_TIMEOUT_MS = 30_000
 # Rows per IN (...) list: far below SQLite's bound-variable limit on every version still in use.
 _CHUNK = 500
 _FINISHED_RUN_STATUSES = ("ok", "interrupted", "failed")
+_GONE = "its process ({pid}) ended without closing the run (killed, crashed or the machine stopped)"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (signal 0 checks without sending anything)."""
+    if os.name != "posix":
+        return True  # Windows' os.kill has no probe signal (0 is CTRL_C_EVENT): never guess there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists but belongs to someone else, or the platform cannot tell: assume alive
+    return True
 
 T = TypeVar("T")
 
@@ -816,13 +832,26 @@ class Store:
     # -----------------------------------------------------------------------------------------------------------------
 
     def start_run(self, kind: str, args: dict[str, Any]) -> int:
-        """Record a run as "running"; returns its id."""
+        """Record a run as "running" (with this process's pid and host); returns its id.
+
+        Runs left "running" by a process of this host that no longer exists (killed with -9, a crash, a power
+        cut) are closed first, as "interrupted".
+        """
+        host = socket.gethostname()
         with self._write() as s:
+            stale = s.scalars(select(Run).where(Run.status == "running", Run.host == host))
+            for old in stale:
+                if old.pid is not None and not _process_alive(old.pid):
+                    old.status = "interrupted"
+                    old.finished_at = utcnow()
+                    old.summary_json = json.dumps({"reason": _GONE.format(pid=old.pid)})
             run = Run(
                 kind=kind,
                 started_at=utcnow(),
                 status="running",
                 args_json=json.dumps(args, sort_keys=True, default=str),
+                pid=os.getpid(),
+                host=host,
             )
             s.add(run)
             s.flush()
@@ -842,14 +871,20 @@ class Store:
 
     @staticmethod
     def _run_dict(run: Run) -> dict[str, Any]:
+        status, summary = run.status, json.loads(run.summary_json) if run.summary_json else None
+        if status == "running" and run.host == socket.gethostname() and run.pid and not _process_alive(run.pid):
+            # read-only here; the next run on this host records it
+            status, summary = "interrupted", {"reason": _GONE.format(pid=run.pid)}
         return {
             "id": run.id,
             "kind": run.kind,
-            "status": run.status,
+            "status": status,
+            "pid": run.pid,
+            "host": run.host,
             "started_at": _iso(run.started_at),
             "finished_at": _iso(run.finished_at),
             "args": json.loads(run.args_json) if run.args_json else {},
-            "summary": json.loads(run.summary_json) if run.summary_json else None,
+            "summary": summary,
         }
 
     def status(self) -> dict[str, Any]:

@@ -33,7 +33,8 @@ def format_status(status: dict[str, Any]) -> str:
         when = f"started {run['started_at']}"
         if run.get("finished_at"):
             when += f", finished {run['finished_at']}"
-        lines.append(f"last run: {run['kind']} {run['status']} ({when})")
+        reason = (run.get("summary") or {}).get("reason") if run["status"] == "interrupted" else None
+        lines.append(f"last run: {run['kind']} {run['status']} ({when})" + (f": {reason}" if reason else ""))
     else:
         lines.append("last run: none")
     failures = status["failures"]
