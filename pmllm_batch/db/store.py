@@ -84,6 +84,13 @@ def _process_alive(pid: int) -> bool:
         return True  # it exists but belongs to someone else, or the platform cannot tell: assume alive
     return True
 
+
+def _abandoned(run: Run, host: str) -> str | None:
+    """Why a "running" row can no longer be running (its process on this host is gone), or None."""
+    if run.status == "running" and run.host == host and run.pid is not None and not _process_alive(run.pid):
+        return _GONE.format(pid=run.pid)
+    return None
+
 T = TypeVar("T")
 
 
@@ -839,12 +846,10 @@ class Store:
         """
         host = socket.gethostname()
         with self._write() as s:
-            stale = s.scalars(select(Run).where(Run.status == "running", Run.host == host))
-            for old in stale:
-                if old.pid is not None and not _process_alive(old.pid):
-                    old.status = "interrupted"
-                    old.finished_at = utcnow()
-                    old.summary_json = json.dumps({"reason": _GONE.format(pid=old.pid)})
+            for old in s.scalars(select(Run).where(Run.status == "running", Run.host == host)):
+                if reason := _abandoned(old, host):
+                    old.status, old.finished_at = "interrupted", utcnow()
+                    old.summary_json = json.dumps({"reason": reason})
             run = Run(
                 kind=kind,
                 started_at=utcnow(),
@@ -872,9 +877,8 @@ class Store:
     @staticmethod
     def _run_dict(run: Run) -> dict[str, Any]:
         status, summary = run.status, json.loads(run.summary_json) if run.summary_json else None
-        if status == "running" and run.host == socket.gethostname() and run.pid and not _process_alive(run.pid):
-            # read-only here; the next run on this host records it
-            status, summary = "interrupted", {"reason": _GONE.format(pid=run.pid)}
+        if reason := _abandoned(run, socket.gethostname()):  # reported only; the next run on this host records it
+            status, summary = "interrupted", {"reason": reason}
         return {
             "id": run.id,
             "kind": run.kind,
