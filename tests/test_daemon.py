@@ -609,37 +609,42 @@ def test_daemon_keeps_rankings_in_step_with_the_folder_through_a_kill_9_and_a_po
             assert set(rows) >= ok_hashes(env.db_path, lib)
         assert query(env.db_path, "PRAGMA integrity_check") == [("ok",)]
 
-        # 10. Polling picks up new files.
-        for i in range(3):
-            photo(lib / "later" / f"{i}.jpg", seed=900 + i)
-        hashes += 3
-        wait_until(lambda: fully_scored(env.db_path, lib, profiles, hashes), 60, "polled files scored", second)
-
-        # 11. Idle: the models are unloaded, and loaded again (lazily) for the next batch.
-        wait_until(lambda: "models unloaded after 2s idle" in second.log(), 30, "the idle unload", second)
-        assert second.log().count("loaded demo") == 1
-
-        # 12. SIGTERM in the middle of a batch: exit 0 within a few seconds, everything it counted is committed.
-        photos_before = len(query(env.db_path, "SELECT id FROM photos"))
-        for i in range(24):
-            photo(lib / "late" / f"{i:02d}.jpg", seed=5000 + i)
-        wait_until(lambda: len(query(env.db_path, "SELECT id FROM photos")) > photos_before, 60, "a chunk", second)
-        code, took = second.stop(signal.SIGTERM)
-        assert code == 0, second.log()
-        assert took < 5.0
-        assert "stopped (SIGTERM received)" in second.log()
-        assert second.log().count("loaded demo") == 2
-        run = query(env.db_path, "SELECT status, summary_json FROM runs WHERE kind = 'watch' ORDER BY id DESC")[0]
-        assert run[0] == "ok"
-        summary = json.loads(run[1])
-        assert summary["mode"] == "polling"
-        scores_now = len(query(env.db_path, "SELECT id FROM scores"))
-        assert summary["scored"] == scores_now - scores_at_kill
-        assert query(env.db_path, "PRAGMA integrity_check") == [("ok",)]
+        # 10.-12. Polling picks up new files; idle unload; SIGTERM mid-batch.
+        _poll_idle_unload_and_sigterm(env, lib, second, profiles, hashes, scores_at_kill)
     finally:
         first.kill()
         if second is not None:
             second.kill()
+
+
+def _poll_idle_unload_and_sigterm(
+    env: CLIEnv, lib: Path, daemon: Daemon, profiles: list[str], photos: int, scores_before: int
+) -> None:
+    """The restarted (polling, ``--idle-unload 2``) daemon's last steps, shared by both kill -9 scenarios: polling
+    picks up new files; idle unloads the models and the next batch loads them again; SIGTERM mid-batch exits 0
+    promptly with what it counted committed. ``photos`` are scored so far, ``scores_before`` existed before it."""
+    for i in range(3):
+        photo(lib / "later" / f"{i}.jpg", seed=900 + i)
+    wait_until(lambda: fully_scored(env.db_path, lib, profiles, photos + 3), 60, "polled files scored", daemon)
+
+    wait_until(lambda: "models unloaded after 2s idle" in daemon.log(), 30, "the idle unload", daemon)
+    assert daemon.log().count("loaded demo") == 1
+
+    before = len(query(env.db_path, "SELECT id FROM photos"))
+    for i in range(24):
+        photo(lib / "late" / f"{i:02d}.jpg", seed=5000 + i)
+    wait_until(lambda: len(query(env.db_path, "SELECT id FROM photos")) > before, 60, "a chunk", daemon)
+    code, took = daemon.stop(signal.SIGTERM)
+    assert code == 0, daemon.log()
+    assert took < 5.0
+    assert "stopped (SIGTERM received)" in daemon.log()
+    assert daemon.log().count("loaded demo") == 2
+    run = query(env.db_path, "SELECT status, summary_json FROM runs WHERE kind = 'watch' ORDER BY id DESC")[0]
+    assert run[0] == "ok"
+    summary = json.loads(run[1])
+    assert summary["mode"] == "polling"
+    assert scores_before + summary["scored"] == len(query(env.db_path, "SELECT id FROM scores"))
+    assert query(env.db_path, "PRAGMA integrity_check") == [("ok",)]
 
 
 def _kill_restart_and_fall_back_to_polling(env: CLIEnv, cache: Path, n: int) -> None:
@@ -683,30 +688,7 @@ def _kill_restart_and_fall_back_to_polling(env: CLIEnv, cache: Path, n: int) -> 
             assert len(rows) == len(set(rows)) == n  # every photo scored exactly once per profile
         assert query(env.db_path, "PRAGMA integrity_check") == [("ok",)]
 
-        # polling still picks up new files
-        for i in range(3):
-            photo(lib / "later" / f"{i}.jpg", seed=900 + i)
-        wait_until(lambda: fully_scored(env.db_path, lib, profiles, n + 3), 60, "polled files scored", second)
-
-        # idle: the models are unloaded, and loaded again (lazily) for the next batch
-        wait_until(lambda: "models unloaded after 2s idle" in second.log(), 30, "the idle unload", second)
-        assert second.log().count("loaded demo") == 1
-
-        # SIGTERM in the middle of a batch: exit 0 promptly, what it counted is committed
-        before = len(query(env.db_path, "SELECT id FROM photos"))
-        for i in range(20):
-            photo(lib / "late" / f"{i:02d}.jpg", seed=5000 + i)
-        wait_until(lambda: len(query(env.db_path, "SELECT id FROM photos")) > before, 60, "the last batch", second)
-        code, took = second.stop(signal.SIGTERM)
-        assert code == 0, second.log()
-        assert took < 5.0
-        assert second.log().count("loaded demo") == 2
-        run = query(env.db_path, "SELECT status, summary_json FROM runs WHERE kind = 'watch' ORDER BY id DESC")[0]
-        assert run[0] == "ok"
-        summary = json.loads(run[1])
-        assert summary["mode"] == "polling"
-        assert scores_before + summary["scored"] == len(query(env.db_path, "SELECT id FROM scores"))
-        assert query(env.db_path, "PRAGMA integrity_check") == [("ok",)]
+        _poll_idle_unload_and_sigterm(env, lib, second, profiles, n, scores_before)
     finally:
         first.kill()
         if second is not None:
