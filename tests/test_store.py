@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, text
 
-from pmllm_batch.db import PhotoRecord, Store
+from pmllm_batch.db import PhotoRecord, Store, persona_digest
 from pmllm_batch.db import schema as db_schema
 from pmllm_batch.errors import DBAccessError, ProfileError
 from pmllm_batch.profiles import Profile
@@ -156,6 +156,7 @@ def test_changed_persona_clears_that_profiles_scores_only(store: Store) -> None:
     store.add_scores(mid, [("ha", pid, 0.9, [0.9]), ("ha", bob_id, 0.2, [0.2])])
     before = store.get_profile("alice").updated_at
     version = store.profiles_version()
+    assert version == "2"  # one bump per profile added (alice, bob)
 
     assert store.upsert_profile(Profile(name="alice", age=30), "persona alice v1") == (pid, False)
     assert store.scored_hashes(pid, mid) == {"ha"}
@@ -168,7 +169,7 @@ def test_changed_persona_clears_that_profiles_scores_only(store: Store) -> None:
     row = store.get_profile("alice")
     assert row.persona == "persona alice v2" and row.profile.age == 31
     assert row.updated_at > before
-    assert store.profiles_version() != version
+    assert store.profiles_version() == "3"
 
 
 def test_profiles_version_changes_on_add_and_remove(store: Store, db_path: Path) -> None:
@@ -180,7 +181,7 @@ def test_profiles_version_changes_on_add_and_remove(store: Store, db_path: Path)
     store.add_scores(mid, [("ha", pid, 0.5, [0.5])])
     store.remove_profile("alice")
     v2 = store.profiles_version()
-    assert len({v0, v1, v2}) == 3
+    assert (v0, v1, v2) == ("0", "1", "2")
     assert store.list_profiles() == []
     assert count(db_path, "SELECT count(*) FROM scores") == 0
 
@@ -192,6 +193,7 @@ def test_list_profiles_round_trips_fields(store: Store) -> None:
     rows = store.list_profiles()
     assert [r.name for r in rows] == ["alice", "bob"]
     assert rows[0].profile == alice
+    assert rows[0].persona_hash == persona_digest("persona")
     assert len(rows[0].persona_hash) == 64
 
 
@@ -267,7 +269,7 @@ def test_visual_tokens_round_trip_through_float16(store: Store) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_status_reports_counts_failures_and_last_run(store: Store) -> None:
+def test_status_reports_counts_failures_and_last_run(store: Store, db_path: Path) -> None:
     pid, mid = seeded(store)
     store.upsert_photos(
         [photo("/lib/bad.jpg", None, "failed", error_reason="truncated", error_message="the file is truncated.")]
@@ -285,7 +287,7 @@ def test_status_reports_counts_failures_and_last_run(store: Store) -> None:
     assert status["failures"] == [{"path": "/lib/bad.jpg", "reason": "truncated", "message": "the file is truncated."}]
     assert status["last_run"]["kind"] == "scan" and status["last_run"]["status"] == "ok"
     assert status["last_run"]["summary"] == {"scanned": 5} and status["last_run"]["args"] == {"roots": ["/lib"]}
-    assert status["db"].startswith("sqlite:///")
+    assert status["db"] == f"sqlite:///{db_path}"
     with pytest.raises(ValueError):
         store.finish_run(run_id, "running", {})
 
@@ -422,7 +424,7 @@ def test_path_under_a_regular_file_is_a_db_access_error(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_database_is_a_db_access_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(DBAccessError, match="cannot open the database at"):
+    with pytest.raises(DBAccessError, match=r"^cannot open the database at .*junk\.sqlite: file is not a database\.$"):
         Store(f"sqlite:///{junk}")
 
 
@@ -457,12 +459,14 @@ def test_someone_elses_database_is_refused(tmp_path: Path) -> None:
     con.execute("CREATE TABLE songs (id INTEGER)")
     con.commit()
     con.close()
-    with pytest.raises(DBAccessError, match="not a pmllm-batch database"):
+    with pytest.raises(
+        DBAccessError, match=r"is not a pmllm-batch database \(it holds other tables: songs\); choose another --db\.$"
+    ):
         Store(f"sqlite:///{other}")
 
 
 def test_invalid_url_is_a_db_access_error() -> None:
-    with pytest.raises(DBAccessError, match="cannot open the database"):
+    with pytest.raises(DBAccessError, match=r"^cannot open the database at nosuchdriver://x/y: .+\.$"):
         Store("nosuchdriver://x/y")
 
 

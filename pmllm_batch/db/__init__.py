@@ -1,4 +1,4 @@
-"""Library database: SQLAlchemy schema, migrations and the :class:`Store` that owns every SQL statement."""
+"""Library database: SQLAlchemy schema, migrations, one module per table, and the :class:`Store` facade over them."""
 
 from __future__ import annotations
 

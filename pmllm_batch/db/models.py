@@ -1,0 +1,52 @@
+"""The ``models`` table and the current model: scores of different model fingerprints never mix.
+
+The current model (a ``meta`` key) is the one rankings read; the caller passes the fingerprint in, since
+computing it belongs to the model layer above.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from pmllm_batch.db import meta
+from pmllm_batch.db.schema import META_CURRENT_MODEL, ModelRow, utcnow
+
+
+def ensure(s: Session, fingerprint: str, preset: str, facts: Mapping[str, object], *, make_current: bool) -> int:
+    """Register a model fingerprint (once, with ``facts`` as its meta JSON), optionally make it current; its id."""
+    row = s.scalar(select(ModelRow).where(ModelRow.fingerprint == fingerprint))
+    if row is None:
+        row = ModelRow(
+            fingerprint=fingerprint,
+            preset=preset,
+            meta_json=json.dumps(facts, sort_keys=True, default=str),
+            created_at=utcnow(),
+        )
+        s.add(row)
+        s.flush()
+    if make_current:
+        meta.set_value(s, META_CURRENT_MODEL, str(row.id))
+    return row.id
+
+
+def current_id(s: Session) -> int | None:
+    """The current model's id; None before any model was made current."""
+    raw = meta.get_value(s, META_CURRENT_MODEL)
+    return int(raw) if raw else None
+
+
+def describe(s: Session, model_id: int | None) -> dict[str, int | str] | None:
+    """{"id", "fingerprint", "preset"} of a model, or None when there is no such model."""
+    row = s.get(ModelRow, model_id) if model_id is not None else None
+    if row is None:
+        return None
+    return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset}
+
+
+def count(s: Session) -> int:
+    """Number of registered model fingerprints."""
+    return s.scalar(select(func.count()).select_from(ModelRow)) or 0

@@ -1,0 +1,104 @@
+"""The ``runs`` table: one row per batch run, with the pid and host of the process that runs it.
+
+A "running" row whose process on this host is gone (kill -9, a crash, a power cut) reads as
+interrupted, and the next run on the same host closes it for good, instead of it staying "running" for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pmllm_batch.db.schema import Run, utcnow
+
+FINISHED_RUN_STATUSES = ("ok", "interrupted", "failed")
+_GONE = "its process ({pid}) ended without closing the run (killed, crashed or the machine stopped)"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (signal 0 checks without sending anything)."""
+    if os.name != "posix":
+        return True  # Windows' os.kill has no probe signal (0 is CTRL_C_EVENT): never guess there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists but belongs to someone else, or the platform cannot tell: assume alive
+    return True
+
+
+def _abandoned(run: Run, host: str) -> str | None:
+    """Why a "running" row can no longer be running (its process on this host is gone), or None."""
+    if run.status == "running" and run.host == host and run.pid is not None and not _process_alive(run.pid):
+        return _GONE.format(pid=run.pid)
+    return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+def start(s: Session, kind: str, args: Mapping[str, object]) -> int:
+    """Record a run as "running" with this process's pid and host, after closing this host's abandoned ones."""
+    host = socket.gethostname()
+    for old in s.scalars(select(Run).where(Run.status == "running", Run.host == host)):
+        if reason := _abandoned(old, host):
+            old.status, old.finished_at = "interrupted", utcnow()
+            old.summary_json = json.dumps({"reason": reason})
+    run = Run(
+        kind=kind,
+        started_at=utcnow(),
+        status="running",
+        args_json=json.dumps(args, sort_keys=True, default=str),
+        pid=os.getpid(),
+        host=host,
+    )
+    s.add(run)
+    s.flush()
+    return run.id
+
+
+def check_finished_status(status: str) -> None:
+    """Raise ValueError unless ``status`` closes a run (checked before any transaction opens)."""
+    if status not in FINISHED_RUN_STATUSES:
+        raise ValueError(f"run status must be one of {FINISHED_RUN_STATUSES}, got {status!r}")
+
+
+def finish(s: Session, run_id: int, status: str, summary: Mapping[str, object]) -> None:
+    """Close a run with ``status`` and its summary (ValueError for an unknown id)."""
+    run = s.get(Run, run_id)
+    if run is None:
+        raise ValueError(f"no run with id {run_id}")
+    run.status = status
+    run.finished_at = utcnow()
+    run.summary_json = json.dumps(summary, sort_keys=True, default=str)
+
+
+def _as_dict(run: Run) -> dict[str, object]:
+    status, summary = run.status, json.loads(run.summary_json) if run.summary_json else None
+    if reason := _abandoned(run, socket.gethostname()):  # reported only; the next run on this host records it
+        status, summary = "interrupted", {"reason": reason}
+    return {
+        "id": run.id,
+        "kind": run.kind,
+        "status": status,
+        "pid": run.pid,
+        "host": run.host,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "args": json.loads(run.args_json) if run.args_json else {},
+        "summary": summary,
+    }
+
+
+def last(s: Session) -> dict[str, object] | None:
+    """The newest run as a JSON-able dict (an abandoned one reads as interrupted), or None before any run."""
+    run = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
+    return _as_dict(run) if run is not None else None

@@ -1,0 +1,113 @@
+"""The ``scores`` table and what is read from it: rankings and per-profile counts.
+
+A score is keyed by (content hash, profile, model), so a moved file keeps its score and identical files
+are scored once; rankings read one model's scores only and show each content hash once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from pmllm_batch.db.records import RankedPhoto
+from pmllm_batch.db.schema import Photo, ProfileModel, Score, utcnow
+from pmllm_batch.db.sql import RowValues, insert_ignore, table_of
+
+# One score as the scorer hands it in: (content_hash, profile_id, score, rating-level probabilities).
+ScoreInput = tuple[str, int, float, Sequence[float]]
+
+
+def encode(model_id: int, rows: Iterable[ScoreInput]) -> list[RowValues]:
+    """Rows for :func:`add`, checked before any transaction opens.
+
+    Raises:
+        ValueError: A score is not a finite number.
+    """
+    now = utcnow()
+    values: list[RowValues] = []
+    for content_hash, profile_id, score, probs in rows:
+        score_f = float(score)
+        if not math.isfinite(score_f):
+            raise ValueError(f"score for {content_hash} is not a finite number: {score!r}")
+        values.append(
+            {
+                "content_hash": content_hash,
+                "profile_id": int(profile_id),
+                "model_id": int(model_id),
+                "score": score_f,
+                "probs_json": json.dumps([float(p) for p in probs]),
+                "created_at": now,
+            }
+        )
+    return values
+
+
+def add(s: Session, values: list[RowValues]) -> int:
+    """Insert rows from :func:`encode`; rows already present are skipped (the first write wins). Returns how many."""
+    return insert_ignore(s, table_of(Score), values, ["content_hash", "profile_id", "model_id"])
+
+
+def scored_hashes(s: Session, profile_id: int, model_id: int) -> set[str]:
+    """Content hashes that already have a score for this profile and model."""
+    return set(s.scalars(select(Score.content_hash).where(Score.profile_id == profile_id, Score.model_id == model_id)))
+
+
+def forget_profile(s: Session, profile_id: int) -> None:
+    """Delete every score of one profile (its persona changed, or it is being removed)."""
+    s.execute(delete(Score).where(Score.profile_id == profile_id))
+
+
+def ranking(s: Session, profile_id: int, model_id: int, top: int | None) -> list[RankedPhoto]:
+    """One profile's ranking under one model, as ``Store.ranking`` describes it."""
+    stmt = (
+        select(Score.content_hash, Score.score, Photo.path, Photo.taken_at, Photo.width, Photo.height)
+        .join(Photo, Photo.content_hash == Score.content_hash)
+        .where(Score.profile_id == profile_id, Score.model_id == model_id, Photo.status == "ok")
+    )
+    best: dict[str, RankedPhoto] = {}
+    for content_hash, score, path, taken_at, width, height in s.execute(stmt):
+        current = best.get(content_hash)
+        if current is None or (len(path), path) < (len(current.path), current.path):
+            best[content_hash] = RankedPhoto(
+                rank=0,  # numbered once sorted
+                path=path,
+                score=float(score),
+                content_hash=content_hash,
+                taken_at=taken_at,
+                width=width,
+                height=height,
+            )
+    ordered = sorted(best.values(), key=lambda r: (-r.score, r.path))
+    if top is not None:
+        ordered = ordered[: max(top, 0)]
+    return [dataclasses.replace(r, rank=i) for i, r in enumerate(ordered, start=1)]
+
+
+def counts(s: Session, model_id: int | None) -> dict[str, int]:
+    """Profile name -> distinct "ok" content hashes scored by ``model_id``; every profile, 0 when none."""
+    names = {pid: name for pid, name in s.execute(select(ProfileModel.id, ProfileModel.name))}
+    out = dict.fromkeys(sorted(names.values()), 0)
+    if model_id is None:
+        return out
+    ok = select(Photo.content_hash).where(Photo.status == "ok")
+    stmt = (
+        select(Score.profile_id, func.count(func.distinct(Score.content_hash)))
+        .where(Score.model_id == model_id, Score.content_hash.in_(ok))
+        .group_by(Score.profile_id)
+    )
+    for pid, n in s.execute(stmt):
+        if pid in names:
+            out[names[pid]] = int(n)
+    return out
+
+
+def count_for_model(s: Session, model_id: int | None) -> int:
+    """Score rows of one model (any profile, any photo status); 0 for None."""
+    if model_id is None:
+        return 0
+    return s.scalar(select(func.count()).select_from(Score).where(Score.model_id == model_id)) or 0
