@@ -13,7 +13,7 @@ LR=${LR:-3e-3}
 cd "$(dirname "$0")/.."
 mkdir -p "$RUN"
 if [ "${BASE:-1}" = 1 ]; then  # BASE=0 keeps the current base models and retrains only the adapter
-  python3 -m pmllm_batch.model.demo --seed 0
+  python3 -m pmllm_batch.train.demo_base --seed 0
 fi
 rm -rf pmllm_batch/assets/demo/adapter
 # more people than `train --dataset synthetic` makes by default: zero-shot transfer grows with training users

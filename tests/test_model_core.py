@@ -267,7 +267,7 @@ def test_offline_missing_open_clip_weights_is_one_sentence(tmp_path):
 
 
 def test_presets_exist_and_unknown_preset_lists_them():
-    from pmllm_batch.model.factory import get_preset, list_presets
+    from pmllm_batch.model.presets import get_preset, list_presets
 
     assert {"demo", "cpu", "paper"} <= set(list_presets())
     paper = ModelCfg.from_dict(get_preset("paper")["model"])

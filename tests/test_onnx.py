@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from pmllm_batch.errors import ConfigError, ModelLoadError
+from pmllm_batch.model.checkpoint import fingerprint
 from pmllm_batch.runtime import onnx_export
 from pmllm_batch.runtime.onnx_export import (
     INPUT_NAME,
@@ -82,7 +83,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory) -> dict[str, Path]:
-    return export_for_model(model, tmp_path_factory.mktemp("onnx") / "demo")
+    return export_for_model(model, tmp_path_factory.mktemp("onnx") / "demo", fingerprint=fingerprint(model))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def runners(model, exported) -> dict[str, VisionRunner]:
     return {
         "fp32": OnnxVisionRunner(onnx_dir, "fp32", providers=["CPUExecutionProvider"]),
         "int8": OnnxVisionRunner(onnx_dir, "int8", providers=["CPUExecutionProvider"]),
-        "torch": TorchVisionRunner(model),
+        "torch": TorchVisionRunner(model, fingerprint(model)),
     }
 
 
@@ -139,8 +140,6 @@ class TestGraphContract:
         assert meta["graph_ids"]["int8"] == onnx_export.graph_id(exported["int8"])
         assert meta["graph_ids"]["fp32"] != meta["graph_ids"]["int8"]
         assert meta["preset"] == "demo" and meta["exporter"] == "dynamo"
-        from pmllm_batch.model.checkpoint import fingerprint
-
         assert meta["model_fingerprint"] == fingerprint(model)
         assert PreprocessCfg.load_json(exported["preprocess"]) == model.preprocess
         leftovers = [p.name for p in exported["meta"].parent.parent.iterdir() if ".tmp-" in p.name]
@@ -247,13 +246,13 @@ class TestRunners:
 
     def test_unknown_backend_or_variant(self, model, tmp_path):
         with pytest.raises(ConfigError):
-            load_vision_runner(model, backend="tensorrt", cache_root=tmp_path)
+            load_vision_runner(model, fingerprint=fingerprint(model), backend="tensorrt", cache_root=tmp_path)
         with pytest.raises(ConfigError):
-            load_vision_runner(model, variant="int4", cache_root=tmp_path)
+            load_vision_runner(model, fingerprint=fingerprint(model), variant="int4", cache_root=tmp_path)
         assert not any(tmp_path.iterdir())  # nothing exported for a bad request
 
     def test_torch_backend(self, model, tmp_path):
-        runner = load_vision_runner(model, backend="torch", cache_root=tmp_path)
+        runner = load_vision_runner(model, fingerprint=fingerprint(model), backend="torch", cache_root=tmp_path)
         assert isinstance(runner, TorchVisionRunner)
         assert not any(tmp_path.iterdir())
 
@@ -265,8 +264,6 @@ class TestRunners:
 
 class TestCache:
     def test_ensure_exports_once_reuses_and_is_keyed_by_fingerprint(self, model, tmp_path, monkeypatch):
-        from pmllm_batch.model.checkpoint import fingerprint
-
         _fast_exports(monkeypatch)
         exports: list[Path] = []
         real = onnx_export._export_into
@@ -277,15 +274,15 @@ class TestCache:
 
         monkeypatch.setattr(onnx_export, "_export_into", counting)
 
-        first = ensure_vision_onnx(model, tmp_path)
+        first = ensure_vision_onnx(model, tmp_path, fingerprint(model))
         assert first == tmp_path / fingerprint(model)
         mtime = (first / VISION_FP32).stat().st_mtime_ns
-        assert ensure_vision_onnx(model, tmp_path) == first
+        assert ensure_vision_onnx(model, tmp_path, fingerprint(model)) == first
         assert len(exports) == 1 and (first / VISION_FP32).stat().st_mtime_ns == mtime
 
         # an incomplete folder (e.g. a file lost) is exported again
         (first / VISION_INT8).unlink()
-        assert ensure_vision_onnx(model, tmp_path) == first
+        assert ensure_vision_onnx(model, tmp_path, fingerprint(model)) == first
         assert len(exports) == 2 and (first / VISION_INT8).is_file()
 
         # a changed projector is a different model: a different folder, the old one untouched
@@ -294,7 +291,7 @@ class TestCache:
         try:
             with torch.no_grad():
                 weight.add_(0.05)
-            second = ensure_vision_onnx(model, tmp_path)
+            second = ensure_vision_onnx(model, tmp_path, fingerprint(model))
         finally:
             with torch.no_grad():
                 weight.copy_(saved)
@@ -304,36 +301,46 @@ class TestCache:
 
     def test_load_vision_runner_onnx_uses_the_cache(self, model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
-        runner = load_vision_runner(model, cache_root=tmp_path, providers=["CPUExecutionProvider"])
+        runner = load_vision_runner(
+            model, fingerprint=fingerprint(model), cache_root=tmp_path, providers=["CPUExecutionProvider"]
+        )
         assert isinstance(runner, OnnxVisionRunner) and runner.variant == "int8"
-        again = load_vision_runner(model, cache_root=tmp_path, variant="fp32", providers=["CPUExecutionProvider"])
+        again = load_vision_runner(
+            model,
+            fingerprint=fingerprint(model),
+            cache_root=tmp_path,
+            variant="fp32",
+            providers=["CPUExecutionProvider"],
+        )
         assert again.onnx_dir == runner.onnx_dir
         assert len([p for p in tmp_path.iterdir()]) == 1
 
     def test_corrupt_cached_graph_is_exported_again(self, model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
-        onnx_dir = ensure_vision_onnx(model, tmp_path)
+        onnx_dir = ensure_vision_onnx(model, tmp_path, fingerprint(model))
         (onnx_dir / VISION_INT8).write_bytes(b"not a protobuf")
-        runner = load_vision_runner(model, cache_root=tmp_path, providers=["CPUExecutionProvider"])
+        runner = load_vision_runner(
+            model, fingerprint=fingerprint(model), cache_root=tmp_path, providers=["CPUExecutionProvider"]
+        )
         s = model.preprocess.image_size
         assert runner.encode(np.zeros((1, 3, s, s), np.float32)).shape == (1, *token_shape(model))
 
     def test_without_vision_tower_a_cached_graph_is_enough(self, model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
-        onnx_dir = ensure_vision_onnx(model, tmp_path)
+        onnx_dir = ensure_vision_onnx(model, tmp_path, fingerprint(model))
         tower = model.tower
         try:
             model.tower = None  # what create_model(with_vision=False) gives
-            assert ensure_vision_onnx(model, tmp_path) == onnx_dir
+            assert ensure_vision_onnx(model, tmp_path, fingerprint(model)) == onnx_dir
             with pytest.raises(ModelLoadError, match="without its vision tower"):
-                ensure_vision_onnx(model, tmp_path / "elsewhere")
+                ensure_vision_onnx(model, tmp_path / "elsewhere", fingerprint(model))
         finally:
             model.tower = tower
 
     def test_failed_export_leaves_nothing_behind(self, model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
         out = tmp_path / "art"
-        export_for_model(model, out, int8=False)
+        export_for_model(model, out, fingerprint=fingerprint(model), int8=False)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
 
         def boom(src, dst):
@@ -341,17 +348,17 @@ class TestCache:
 
         monkeypatch.setattr(onnx_export, "quantize_int8", boom)
         with pytest.raises(RuntimeError, match="killed"):
-            export_for_model(model, out)
+            export_for_model(model, out, fingerprint=fingerprint(model))
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export is intact
         assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temporary folder left
         with pytest.raises(RuntimeError):
-            export_for_model(model, tmp_path / "fresh")
+            export_for_model(model, tmp_path / "fresh", fingerprint=fingerprint(model))
         assert not (tmp_path / "fresh").exists()
 
     def test_refuses_a_folder_with_other_files(self, model, tmp_path):
         (tmp_path / "notes.txt").write_text("mine")
         with pytest.raises(ModelLoadError, match="other files"):
-            export_for_model(model, tmp_path)
+            export_for_model(model, tmp_path, fingerprint=fingerprint(model))
         assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

@@ -31,13 +31,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pmllm_batch.daemon.watcher import EVENT_FILTER, PathFilter, PhotoEventHandler, SettleTracker, watch_for_overflow
+from pmllm_batch.daemon.watcher import EVENT_FILTER, PhotoEventHandler, SettleTracker, watch_for_overflow
 from pmllm_batch.db.store import ProfileRow, Store
 from pmllm_batch.errors import DBAccessError, ProfileError, UserError
 from pmllm_batch.log import get_logger
-from pmllm_batch.scan.discover import DEFAULT_EXTENSIONS, discover
-from pmllm_batch.scorer.batch import LibraryScorer, RunSummary
-from pmllm_batch.scorer.models import ModelCache
+from pmllm_batch.scorer import LibraryScorer, ModelCache, RunSummary
 
 log = get_logger("daemon")
 
@@ -105,9 +103,10 @@ class WatchService:
         self.install_signals = install_signals
         self.models = models or ModelCache(settings, idle_s=float(self.cfg.idle_unload))
         self.scorer = LibraryScorer(settings, store, self.models, should_stop=self.stop_requested)
-        scan = settings.scan
-        self.filter = PathFilter(self.roots, include=scan.include, exclude=scan.exclude, extensions=scan.extensions)
-        self.tracker = SettleTracker(float(self.cfg.settle), float(self.cfg.debounce), max_batch=max_batch)
+        self.filter = self.scorer.path_filter(self.roots)
+        self.tracker = SettleTracker(
+            float(self.cfg.settle), float(self.cfg.debounce), max_batch=max_batch, is_image=self.filter.is_image
+        )
         self.totals = RunSummary()
         self.batches = 0
         self.mode = "none"  # "inotify" (or the platform's native observer), "polling", or "none" (--once)
@@ -334,49 +333,13 @@ class WatchService:
         roots = self._available_roots()
         summary = RunSummary(profiles=len(self._profiles))
         if roots:
-            todo, young, unchanged = self._walk(roots)
-            summary.scanned += unchanged
-            summary.skipped += unchanged
-            if todo:
-                self.scorer.sync(roots, summary, paths=todo)
-            for path in young:
+            settling = self.scorer.sync(roots, summary, settle_s=float(self.cfg.settle))
+            for path in settling:
                 self.tracker.touch(str(path))
             self._score(summary)
         if self._observer is not None:
             self._ensure_watches()
         self._log_batch(f"reconcile ({reason})", summary, time.monotonic() - t0, files=summary.scanned)
-
-    def _walk(self, roots: list[Path]) -> tuple[list[Path], list[Path], int]:
-        """Compare the folders with the database.
-
-        Returns:
-            (paths to sync now: new, changed or gone; paths still settling; number of unchanged files).
-        """
-        scan = self.settings.scan
-        index = self.store.photo_index([str(r) for r in roots])
-        cutoff_ns = time.time_ns() - int(float(self.cfg.settle) * 1e9)
-        todo: list[Path] = []
-        young: list[Path] = []
-        seen: set[str] = set()
-        unchanged = 0
-        for entry in discover(
-            roots,
-            include=tuple(scan.include),
-            exclude=tuple(scan.exclude),
-            extensions=frozenset(e.lower() for e in scan.extensions) or DEFAULT_EXTENSIONS,
-            follow_symlinks=scan.follow_symlinks,
-        ):
-            path = str(entry.path)
-            seen.add(path)
-            rec = index.get(path)
-            if rec is not None and rec.status != "missing" and (rec.size, rec.mtime_ns) == (entry.size, entry.mtime_ns):
-                unchanged += 1
-            elif entry.mtime_ns > cutoff_ns:
-                young.append(entry.path)
-            else:
-                todo.append(entry.path)
-        todo += [Path(p) for p, rec in index.items() if p not in seen and rec.status != "missing"]
-        return todo, young, unchanged
 
     def _expand_dir(self, folder: str) -> None:
         """A folder appeared, vanished or moved: touch every photo below it, on disk and in the database."""

@@ -2,9 +2,9 @@
 
 Three small pieces, none of which reads a photo or touches the database:
 
-* :class:`PathFilter` decides which paths can be photos, with the same rules as the scanner's walk
-  (:func:`pmllm_batch.scan.discover.discover`): inside a root, no hidden path component, ``scan.exclude`` /
-  ``scan.include`` globs, a known image extension, or else image magic bytes (checked once the file has settled).
+* a path filter (:class:`pmllm_batch.scan.plan.PathFilter`, handed in by the service from the scorer) decides
+  which paths can be photos, with the same rules as the scanner's walk; files with an unknown extension are kept
+  only if ``is_image`` (magic bytes) says so once they have settled.
 * :class:`SettleTracker` holds the paths that events touched. A path is *settled* once its size and mtime have
   not changed, and no event has touched it, for ``settle`` seconds; a copy still being written keeps changing
   and so is never read half-done. Settled paths are handed out in batches once events have been quiet for
@@ -19,14 +19,14 @@ warning watchdog logs instead, so the service can rescan.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -43,7 +43,9 @@ from watchdog.events import (
 )
 
 from pmllm_batch.log import get_logger
-from pmllm_batch.scan.discover import DEFAULT_EXTENSIONS, sniff_format
+
+if TYPE_CHECKING:
+    from pmllm_batch.scorer import PathFilter
 
 log = get_logger("daemon.watcher")
 
@@ -75,102 +77,6 @@ def _signature(path: str) -> Signature:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _matches(patterns: Sequence[str], rel_posix: str, name: str) -> bool:
-    return any(fnmatch.fnmatch(rel_posix, p) or fnmatch.fnmatch(name, p) for p in patterns)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Which paths can be photos
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class PathFilter:
-    """The scanner's file rules applied to single paths from events.
-
-    Args:
-        roots: Absolute watched folders.
-        include: fnmatch globs a file must match (path relative to its root, or its name); empty = all.
-        exclude: fnmatch globs of files or folders to skip; they win over ``include``.
-        extensions: Extensions (with the dot) listed without looking at the content; empty = the built-in list.
-    """
-
-    def __init__(
-        self,
-        roots: Sequence[Path],
-        *,
-        include: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        extensions: Iterable[str] = (),
-    ) -> None:
-        self.roots = [Path(os.path.abspath(r)) for r in roots]
-        self.include = tuple(include)
-        self.exclude = tuple(exclude)
-        exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-        self.extensions = exts or DEFAULT_EXTENSIONS
-
-    def root_of(self, path: str | Path) -> Path | None:
-        """The watched root ``path`` lies in (the deepest one for nested roots), or None."""
-        p = Path(os.path.abspath(path))
-        inside = [r for r in self.roots if p == r or p.is_relative_to(r)]
-        return max(inside, key=lambda r: len(r.parts)) if inside else None
-
-    def _relative(self, path: str | Path) -> tuple[Path, str] | None:
-        root = self.root_of(path)
-        if root is None:
-            return None
-        rel = Path(os.path.abspath(path)).relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            return None  # hidden file or inside a hidden folder: the walk skips these too (and temp copies)
-        return root, rel.as_posix()
-
-    def wanted_dir(self, path: str | Path) -> bool:
-        """Could photos under this folder be part of the library (inside a root, not hidden, not excluded)?"""
-        found = self._relative(path)
-        if found is None:
-            return False
-        _, rel = found
-        if rel == ".":
-            return True
-        parts = rel.split("/")
-        # Excluding a folder prunes its subtree in the walk, so any excluded ancestor excludes it here.
-        return not (self.exclude and any(_matches(self.exclude, "/".join(parts[: i + 1]), parts[i])
-                                         for i in range(len(parts))))
-
-    def classify(self, path: str | Path) -> str | None:
-        """How to treat a file path.
-
-        Returns:
-            ``"photo"`` (image extension), ``"sniff"`` (other extension: an image only if its magic bytes say so,
-            checked once it has settled) or None (never a photo: outside the roots, hidden, excluded, not included).
-        """
-        found = self._relative(path)
-        if found is None:
-            return None
-        _, rel = found
-        parts = rel.split("/")
-        name = parts[-1]
-        if len(parts) > 1 and not self.wanted_dir(Path(os.path.abspath(path)).parent):
-            return None
-        if self.exclude and _matches(self.exclude, rel, name):
-            return None
-        if self.include and not _matches(self.include, rel, name):
-            return None
-        return "photo" if Path(name).suffix.lower() in self.extensions else "sniff"
-
-    def files_under(self, directory: str | Path) -> list[Path]:
-        """Candidate files below ``directory`` (recursively), by the same rules; unreadable folders are skipped."""
-        out: list[Path] = []
-        if not self.wanted_dir(directory):
-            return out
-        for dirpath, dirnames, filenames in os.walk(directory, onerror=None):
-            dirnames[:] = sorted(d for d in dirnames if self.wanted_dir(os.path.join(dirpath, d)))
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                if self.classify(full) is not None:
-                    out.append(Path(full))
-        return out
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Settle and debounce
 # ---------------------------------------------------------------------------------------------------------------------
@@ -193,6 +99,8 @@ class SettleTracker:
         max_delay: A settled path waits at most this long for quiet (default ``max(10 * debounce, 5)``), so a
             folder that never stops changing still gets processed.
         clock: Monotonic clock (tests pass a fake one).
+        is_image: Decides, once a path touched with ``sniff=True`` has settled, whether its bytes are an image's
+            (:meth:`pmllm_batch.scan.plan.PathFilter.is_image`); None keeps every such path.
     """
 
     def __init__(
@@ -203,12 +111,14 @@ class SettleTracker:
         max_batch: int = 256,
         max_delay: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        is_image: Callable[[str], bool] | None = None,
     ) -> None:
         self.settle = float(settle)
         self.debounce = float(debounce)
         self.max_batch = max(1, int(max_batch))
         self.max_delay = float(max_delay) if max_delay is not None else max(10.0 * self.debounce, 5.0)
         self._clock = clock
+        self._is_image = is_image
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._settled: dict[str, float] = {}  # path -> when it settled (insertion order = batch order)
@@ -273,7 +183,7 @@ class SettleTracker:
                 if now - entry.stable_since < self.settle:
                     continue
                 del self._pending[path]
-                if entry.sniff and sig is not None and sniff_format(path) is None:
+                if entry.sniff and sig is not None and self._is_image is not None and not self._is_image(path):
                     continue  # a settled non-image (sidecar, video …): never a photo
                 self._settled[path] = now
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pmllm_batch.errors import ModelLoadError
+from pmllm_batch.model.presets import resolve_path
 from pmllm_batch.version import __version__
 
 if TYPE_CHECKING:
@@ -130,7 +131,6 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None) -> str:
         h.update(v.numpy().tobytes())
     if vision_graph_id:
         h.update(vision_graph_id.encode())
-    from pmllm_batch.model.factory import resolve_path
 
     for local in (model.cfg.vision.checkpoint, model.cfg.lm.name_or_path):
         h.update(local_weights_digest(resolve_path(local)).encode())

@@ -8,8 +8,6 @@ package (the shipped demo). With ``offline=True`` nothing touches the network.
 
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +15,11 @@ import torch
 
 from pmllm_batch.errors import ConfigError, ModelLoadError
 from pmllm_batch.log import get_logger
+from pmllm_batch.model.checkpoint import load_adapter, read_adapter_config
 from pmllm_batch.model.config import ModelCfg
+from pmllm_batch.model.presets import get_preset, resolve_path
 
 log = get_logger("factory")
-
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
-_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-_PRESETS: dict[str, dict[str, Any]] = {}
-
-
-def _rescan() -> None:
-    _PRESETS.clear()
-    for f in sorted(_CONFIG_DIR.glob("*.json")):
-        _PRESETS[f.stem] = json.loads(f.read_text())
-
-
-def list_presets() -> list[str]:
-    if not _PRESETS:
-        _rescan()
-    return sorted(_PRESETS)
-
-
-def get_preset(name: str) -> dict[str, Any]:
-    """A deep copy of a preset: ``{"model": {...}, "adapter": path | None}``."""
-    presets = list_presets()
-    if name not in presets:
-        raise ConfigError(f"unknown preset '{name}'; available presets: {', '.join(presets)}.")
-    return copy.deepcopy(_PRESETS[name])
-
-
-def resolve_path(value: str | None) -> str | None:
-    """``pkg:relative/path`` → a path inside the installed package; anything else unchanged."""
-    if value and value.startswith("pkg:"):
-        return str(_PACKAGE_DIR / value[4:])
-    return value
-
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
@@ -93,8 +61,6 @@ def model_cfg_for(preset: str | None = None, checkpoint: str | None = None) -> t
     An explicit checkpoint carries its own architecture (``pmllm_config.json``), which wins.
     ``checkpoint="none"`` means: no adapter (fresh, zero-initialised fusion).
     """
-    from pmllm_batch.model.checkpoint import read_adapter_config
-
     adapter: str | None
     if checkpoint and checkpoint != "none":
         adapter = resolve_path(checkpoint)
@@ -126,7 +92,6 @@ def create_model(
         with_vision: also build the torch vision tower (not needed when ONNX vision is used).
         overrides: nested dict merged into the architecture config before building (e.g. fusion gate).
     """
-    from pmllm_batch.model.checkpoint import load_adapter
     from pmllm_batch.model.pmllm import PMLLM
     from pmllm_batch.model.vision import VisionTower, build_vision_tower
 

@@ -23,8 +23,8 @@ from pmllm_batch.model.projector import build_projector
 from pmllm_batch.model.prompts import PromptTokens, build_prompt, render_persona
 from pmllm_batch.model.readout import expected_score, level_token_ids
 from pmllm_batch.model.vision import VisionEncoder, VisionTower
+from pmllm_batch.preprocess_cfg import PreprocessCfg
 from pmllm_batch.profiles import Profile
-from pmllm_batch.runtime.preprocess import PreprocessCfg
 
 
 @dataclass
@@ -49,16 +49,11 @@ class PrefixState:
 def _make_cache(config: Any) -> Any:
     from transformers import DynamicCache
 
-    try:
-        return DynamicCache(config=config)
-    except TypeError:  # older transformers
-        return DynamicCache()
+    return DynamicCache(config=config)
 
 
 def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers < 4.54
+    return [(layer.keys, layer.values) for layer in cache.layers]  # transformers 5 cache API
 
 
 class PMLLM(nn.Module):

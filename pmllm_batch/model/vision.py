@@ -15,7 +15,7 @@ from torch import nn
 from pmllm_batch.errors import ModelLoadError
 from pmllm_batch.log import get_logger
 from pmllm_batch.model.config import VisionCfg
-from pmllm_batch.runtime.preprocess import PreprocessCfg
+from pmllm_batch.preprocess_cfg import PreprocessCfg
 
 log = get_logger("vision")
 
@@ -183,7 +183,7 @@ def build_vision_tower(
             raise ModelLoadError(f"could not load open_clip {cfg.model_name} ({pretrained}): {exc}") from None
         visual = model.visual
         del model  # the text tower is never used
-        from pmllm_batch.runtime.preprocess import preprocess_cfg_from_open_clip
+        from pmllm_batch.preprocess_cfg import preprocess_cfg_from_open_clip
 
         pre = preprocess_cfg_from_open_clip(visual)
     tower = VisionTower(visual, cfg.select_layer, cfg.select_feature)

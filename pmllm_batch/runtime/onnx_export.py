@@ -487,26 +487,31 @@ def export_vision_onnx(
     return _export_into(encoder, preprocess, out, int8=int8, opset=opset, meta=meta, keep_existing=False)
 
 
-def export_for_model(model: Any, out_dir: str | os.PathLike[str], *, int8: bool = True) -> dict[str, Path]:
+def export_for_model(
+    model: Any, out_dir: str | os.PathLike[str], *, fingerprint: str, int8: bool = True
+) -> dict[str, Path]:
     """Export a :class:`~pmllm_batch.model.pmllm.PMLLM`'s vision tower + projector to ``out_dir``.
+
+    ``fingerprint`` is the model's (``model.checkpoint.fingerprint(model)``), passed in by the caller: the runtime
+    layer does not import the model layer.
 
     Raises:
         ModelLoadError: the model was built without its torch vision tower, or the export failed.
     """
-    from pmllm_batch.model.checkpoint import fingerprint
-
     try:
         encoder = model.vision_encoder()
     except RuntimeError:
         raise ModelLoadError(
             "the ONNX vision graph must be exported from a model built with its vision tower (with_vision=True)."
         ) from None
-    meta = {"model_fingerprint": fingerprint(model), "preset": model.cfg.name}
+    meta = {"model_fingerprint": fingerprint, "preset": model.cfg.name}
     return export_vision_onnx(encoder, model.preprocess, out_dir, int8=int8, meta=meta)
 
 
-def ensure_vision_onnx(model: Any, cache_root: str | os.PathLike[str]) -> Path:
-    """The artefact folder ``cache_root/<fingerprint(model)>/``, exported on first use.
+def ensure_vision_onnx(model: Any, cache_root: str | os.PathLike[str], fingerprint: str) -> Path:
+    """The artefact folder ``cache_root/<fingerprint>/``, exported on first use.
+
+    ``fingerprint`` identifies the model (``model.checkpoint.fingerprint(model)``, computed by the caller).
 
     A folder that is missing or incomplete (a killed export) is (re-)exported; a complete one is reused
     as is. Safe when several processes call this at once: each exports into its own temporary folder and
@@ -515,10 +520,8 @@ def ensure_vision_onnx(model: Any, cache_root: str | os.PathLike[str]) -> Path:
     Returns:
         The folder (holding fp32 and int8 graphs).
     """
-    from pmllm_batch.model.checkpoint import fingerprint
-
     root = Path(cache_root)
-    fp = fingerprint(model)
+    fp = fingerprint
     out = root / fp
     if is_complete(out):
         log.debug("reusing ONNX vision graph %s", out)

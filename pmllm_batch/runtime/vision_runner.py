@@ -130,12 +130,11 @@ class TorchVisionRunner:
 
     Args:
         model: a :class:`~pmllm_batch.model.pmllm.PMLLM` built with its vision tower.
+        fingerprint: the model's fingerprint (computed by the caller; the graph id is ``torch-<fingerprint>``).
         max_batch: larger batches are run in chunks of this size.
     """
 
-    def __init__(self, model: Any, max_batch: int = 16) -> None:
-        from pmllm_batch.model.checkpoint import fingerprint
-
+    def __init__(self, model: Any, fingerprint: str, max_batch: int = 16) -> None:
         try:
             self.encoder = model.vision_encoder()
         except RuntimeError:
@@ -144,7 +143,7 @@ class TorchVisionRunner:
             ) from None
         self.encoder.eval()
         self.preprocess: PreprocessCfg = model.preprocess
-        self.graph_id: str = "torch-" + fingerprint(model)
+        self.graph_id: str = "torch-" + fingerprint
         self.num_tokens: int = int(model.tower.num_tokens(self.preprocess.image_size))
         self.dim: int = int(model.fused.lm.config.hidden_size)
         self.max_batch = int(max_batch)
@@ -172,6 +171,7 @@ class TorchVisionRunner:
 def load_vision_runner(
     model: Any,
     *,
+    fingerprint: str,
     backend: Literal["onnx", "torch"] | str = "onnx",
     variant: Literal["int8", "fp32"] | str = "int8",
     cache_root: str | os.PathLike[str],
@@ -183,6 +183,7 @@ def load_vision_runner(
     Args:
         model: a :class:`~pmllm_batch.model.pmllm.PMLLM`. The ONNX backend needs its torch tower only the
             first time (to export into ``cache_root/<fingerprint>/``).
+        fingerprint: the model's fingerprint (``model.checkpoint.fingerprint(model)``), passed in by the caller.
         backend: ``"onnx"`` (ONNX Runtime; CUDA when available, else CPU) or ``"torch"`` (eager).
         variant: ONNX graph variant, ``"int8"`` or ``"fp32"``; ignored by the torch backend.
         cache_root: where exported ONNX folders are kept, one per model fingerprint.
@@ -194,12 +195,12 @@ def load_vision_runner(
         ModelLoadError: the graph cannot be exported or loaded.
     """
     if backend == "torch":
-        return TorchVisionRunner(model)
+        return TorchVisionRunner(model, fingerprint)
     if backend != "onnx":
         raise ConfigError(f"vision backend must be 'onnx' or 'torch', not '{backend}'.")
     if variant not in VARIANT_FILES:
         raise ConfigError(f"ONNX vision variant must be 'int8' or 'fp32', not '{variant}'.")
-    onnx_dir = ensure_vision_onnx(model, Path(cache_root))
+    onnx_dir = ensure_vision_onnx(model, Path(cache_root), fingerprint)
     try:
         runner = OnnxVisionRunner(onnx_dir, variant, providers=providers, intra_op_threads=intra_op_threads)
     except ModelLoadError as exc:
@@ -208,7 +209,7 @@ def load_vision_runner(
         # A cached graph that no longer loads (truncated copy, disk error): re-export once (immich does the same).
         log.warning("%s; exporting the vision graph again", exc)
         shutil.rmtree(onnx_dir, ignore_errors=True)
-        onnx_dir = ensure_vision_onnx(model, Path(cache_root))
+        onnx_dir = ensure_vision_onnx(model, Path(cache_root), fingerprint)
         runner = OnnxVisionRunner(onnx_dir, variant, providers=providers, intra_op_threads=intra_op_threads)
     log.info("vision: ONNX %s graph %s on %s", variant, runner.graph_id, runner.providers[0])
     return runner

@@ -29,7 +29,8 @@ from pmllm_batch.db.store import PhotoRecord, Store
 from pmllm_batch.errors import ProfileError, UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.scan.decode import DecodeError, decode_photo
-from pmllm_batch.scan.discover import DEFAULT_EXTENSIONS, FileEntry, content_hash, discover
+from pmllm_batch.scan.discover import FileEntry, content_hash
+from pmllm_batch.scan.plan import PathFilter, plan_scan
 from pmllm_batch.scorer.models import LoadedModels, ModelCache
 
 log = get_logger("scorer")
@@ -119,43 +120,33 @@ class LibraryScorer:
             self.store.finish_run(run_id, status, summary.to_dict())
         return summary
 
-    def sync(self, roots: Sequence[Path], summary: RunSummary, paths: Iterable[Path] | None = None) -> None:
+    def sync(
+        self,
+        roots: Sequence[Path],
+        summary: RunSummary,
+        paths: Iterable[Path] | None = None,
+        *,
+        settle_s: float | None = None,
+    ) -> list[Path]:
         """Bring photo rows (and the visual-token cache) up to date for ``roots``.
 
         With ``paths`` only those files are looked at (the daemon's event batches) and nothing is
-        marked missing except those of them that are gone.
+        marked missing except those of them that are gone. With ``settle_s``, files modified less than that
+        many seconds ago are not read (they may still be being written) and are returned instead.
+
+        Returns:
+            The paths left for later because they were still settling (empty without ``settle_s``).
         """
-        scan = self.settings.scan
         index = self.store.photo_index([str(r) for r in roots])
-        if paths is None:
-            entries = list(
-                discover(
-                    roots,
-                    include=tuple(scan.include),
-                    exclude=tuple(scan.exclude),
-                    extensions=frozenset(e.lower() for e in scan.extensions) or DEFAULT_EXTENSIONS,
-                    follow_symlinks=scan.follow_symlinks,
-                )
-            )
-            seen = {str(e.path) for e in entries}
-            gone = [p for p, rec in index.items() if p not in seen and rec.status != "missing"]
-        else:
-            entries, gone = self._entries_for(paths, roots)
+        cutoff = None if settle_s is None else time.time_ns() - int(float(settle_s) * 1e9)
+        plan = plan_scan(roots, index, self.settings.scan, paths=paths, settle_cutoff_ns=cutoff)
+        entries, todo = plan.entries, plan.todo
         summary.scanned += len(entries)
-        todo: list[FileEntry] = []
-        for e in entries:
-            rec = index.get(str(e.path))
-            if rec is None:
-                summary.new += 1
-                todo.append(e)
-            elif rec.size != e.size or rec.mtime_ns != e.mtime_ns or rec.status == "missing":
-                summary.changed += rec.status != "missing"
-                summary.new += rec.status == "missing"
-                todo.append(e)
-            else:
-                summary.skipped += 1
-        if gone:
-            summary.missing += self.store.mark_missing(gone)
+        summary.new += plan.new
+        summary.changed += plan.changed
+        summary.skipped += plan.unchanged
+        if plan.gone:
+            summary.missing += self.store.mark_missing(plan.gone)
         self._process(todo, summary)
         # failures under these roots (this run's and earlier ones), reported with their reasons
         index = self.store.photo_index([str(r) for r in roots])
@@ -165,6 +156,11 @@ class LibraryScorer:
         summary.failures.extend(
             {"path": r.path, "reason": r.error_reason or "", "message": r.error_message or ""} for r in fails
         )
+        return plan.settling
+
+    def path_filter(self, roots: Sequence[Path]) -> PathFilter:
+        """The scanner's file rules for single paths under ``roots`` (the daemon's event filter)."""
+        return PathFilter.from_settings(roots, self.settings.scan)
 
     def score_profiles(self, profiles: Sequence[Any], summary: RunSummary) -> None:
         """Score every ok photo that lacks a score for each profile under the current model."""
@@ -214,23 +210,6 @@ class LibraryScorer:
         if not profiles:
             raise ProfileError("no profiles are stored; add one with `pmllm-batch profile add FILE.toml`.")
         return profiles
-
-    def _entries_for(self, paths: Iterable[Path], roots: Sequence[Path]) -> tuple[list[FileEntry], list[str]]:
-        entries: list[FileEntry] = []
-        gone: list[str] = []
-        for p in paths:
-            p = Path(os.path.abspath(p))
-            root = next((r for r in roots if p == r or r in p.parents), None)
-            if root is None:
-                continue
-            try:
-                st = p.stat()
-            except OSError:
-                gone.append(str(p))
-                continue
-            if p.is_file():
-                entries.append(FileEntry(path=p, root=root, size=st.st_size, mtime_ns=st.st_mtime_ns))
-        return entries, gone
 
     def _bar(self, total: int, desc: str) -> Any:
         if not self.progress or total < 1:

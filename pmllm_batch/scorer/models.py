@@ -45,6 +45,7 @@ def load_models(settings: Any) -> LoadedModels:
     )
     vision = load_vision_runner(
         model,
+        fingerprint=fingerprint(model),
         backend=settings.vision.backend,
         variant=settings.vision.variant,
         cache_root=settings.cache_dir() / "onnx",

@@ -145,7 +145,7 @@ def build_demo_base(out_dir: str | Path, seed: int = 0, vision_steps: int = 1500
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pmllm_batch.model.factory import get_preset
+    from pmllm_batch.model.presets import get_preset
 
     out = Path(out_dir)
     (out / "lm").mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def build_demo_base(out_dir: str | Path, seed: int = 0, vision_steps: int = 1500
         pretrain_demo_vision(visual, steps=vision_steps, seed=seed)
     save_file({k: v.contiguous() for k, v in visual.state_dict().items()}, str(out / "vision.safetensors"))
     (out / "BASE_README.txt").write_text(
-        f"Demo base models (seed {seed}), built by pmllm_batch.model.demo.build_demo_base: a tiny random\n"
+        f"Demo base models (seed {seed}), built by pmllm_batch.train.demo_base.build_demo_base: a tiny random\n"
         "Llama-layout LM with context-averaging attention (never trained), a word-level tokenizer, and a tiny\n"
         f"ViT pre-trained for {vision_steps} steps to regress the synthetic renderer's image parameters.\n"
         "Not real models.\n"

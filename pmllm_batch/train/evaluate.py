@@ -27,7 +27,7 @@ from pmllm_batch.model.prompts import render_persona
 from pmllm_batch.profiles import NEUTRAL_PROFILE
 from pmllm_batch.train import CONTROLS
 from pmllm_batch.train.datasets import RatingDataset
-from pmllm_batch.train.loop import image_features
+from pmllm_batch.train.features import image_features
 from pmllm_batch.train.metrics import evaluate_predictions
 
 

@@ -1,0 +1,216 @@
+"""Sections 3 and 4: a library scored by the real scorer, incrementally (a new profile, new photos) and end to end.
+
+:func:`library_runs` does the work; :func:`run_library_child` runs it in a fresh interpreter
+(``python -m pmllm_batch.bench --library-worker SPEC RESULT``, whose ``__main__`` calls :func:`worker_main`),
+so that its peak RSS is the scorer's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .inputs import BENCH_PROFILES, SEED, make_photo_variants
+from .models import random_cpu_model
+from .timing import set_threads
+
+if TYPE_CHECKING:
+    from pmllm_batch.scorer.batch import RunSummary
+
+N_NEW_PHOTOS = 10
+
+
+def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int) -> Any:
+    """Shipped defaults plus the bench's own paths; no user config file or PMLLM_* variable can leak in."""
+    from pmllm_batch.config import load_config
+
+    overrides: dict[str, dict[str, Any]] = {
+        "model": {"preset": preset, "offline": True, "device": "cpu", "checkpoint": ""},
+        "db": {"url": f"sqlite:///{work / 'library.sqlite'}"},
+        "paths": {"data_dir": str(work / "data"), "cache_dir": str(cache_dir)},
+        "vision": {
+            "backend": "onnx",
+            "variant": "int8",
+            "providers": ["CPUExecutionProvider"],
+            "intra_op_threads": threads,
+        },
+    }
+    return load_config(None, overrides=overrides, env={"HOME": str(work / "home")})
+
+
+def _random_cpu_loader(settings: Any) -> Any:
+    """``ModelCache`` loader for the random-weight cpu model (what ``scorer.models.load_models`` does for a preset)."""
+    import torch
+
+    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.runtime.vision_runner import load_vision_runner
+    from pmllm_batch.scorer.models import LoadedModels
+
+    model = random_cpu_model(SEED)
+    vision = load_vision_runner(
+        model,
+        fingerprint=fingerprint(model),
+        backend="onnx",
+        variant=settings.vision.variant,
+        cache_root=settings.cache_dir() / "onnx",
+        providers=list(settings.vision.providers),
+        intra_op_threads=settings.vision.intra_op_threads,
+    )
+    model.tower = None  # the ONNX graph replaces it, as in load_models
+    torch.set_grad_enabled(False)
+    return LoadedModels(model, vision, fingerprint(model, vision_graph_id=vision.graph_id), model.cfg.name)
+
+
+def library_runs(spec: dict[str, Any]) -> dict[str, Any]:
+    """Sections 3 and 4 for one preset, with the real scorer (run in a child process by :func:`run_bench`).
+
+    Spec keys: preset, work (folder), cache_dir, photos (source files), n_photos, n_new, threads.
+    """
+    import torch
+
+    from pmllm_batch.db.store import Store
+    from pmllm_batch.model.prompts import render_persona
+    from pmllm_batch.scorer.batch import LibraryScorer
+    from pmllm_batch.scorer.models import ModelCache
+
+    preset, threads = spec["preset"], int(spec["threads"])
+    work = Path(spec["work"])
+    set_threads(threads)
+    sources = [Path(p) for p in spec["photos"]]
+    lib, staging = work / "library", work / "new-photos"
+    n, n_new = int(spec["n_photos"]), int(spec["n_new"])
+    make_photo_variants(sources, lib, n)
+    new_files = make_photo_variants(sources, staging, n_new, start=n)
+    settings = _library_settings(work, Path(spec["cache_dir"]), preset, threads)
+    loader = _random_cpu_loader if preset == "cpu" else None
+    models = ModelCache(settings, loader=loader) if loader else ModelCache(settings)
+    t0 = time.perf_counter()
+    loaded = models.get()  # load outside the timed runs: a daemon or a second run pays it once
+    load_s = time.perf_counter() - t0
+    rss_loaded = _proc_status_mb("VmRSS")
+    first_two, third = BENCH_PROFILES[:2], BENCH_PROFILES[2]
+    out: dict[str, Any] = {
+        "preset": preset,
+        "model": loaded.model.cfg.name,
+        "load_s": load_s,
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "vision_graph": loaded.vision.graph_id,
+        "vision_batch": settings.vision.batch_size,
+        "score_batch": settings.score.batch_size,
+    }
+    with Store(settings.db_url()) as store:
+        for p in first_two:
+            store.upsert_profile(p, render_persona(p))
+        scorer = LibraryScorer(settings, store, models=models)
+
+        def timed_run() -> tuple[RunSummary, float]:
+            t = time.perf_counter()
+            summary = scorer.run([lib])
+            return summary, time.perf_counter() - t
+
+        s1, t1 = timed_run()
+        store.upsert_profile(third, render_persona(third))
+        s2, t2 = timed_run()
+        for f in new_files:
+            shutil.move(str(f), lib / f.name)
+        s3, t3 = timed_run()
+        entries, cache_bytes = store.visual_cache_bytes()
+    db_file = work / "library.sqlite"
+    out.update(
+        {
+            "photos": n,
+            "new_photos": n_new,
+            "first_run": {
+                "profiles": 2,
+                "wall_s": t1,
+                "encoded": s1.encoded,
+                "scored": s1.scored,
+                "failed": s1.failed,
+                "images_per_s": n / t1,
+                "pairs_per_s": s1.scored / t1,
+            },
+            "new_profile_run": _later_run(s2, t2, t1),
+            "new_photos_run": _later_run(s3, t3, t1),
+            "visual_cache_entries": entries,
+            "visual_cache_bytes": cache_bytes,
+            "visual_cache_bytes_per_image": cache_bytes / max(entries, 1),
+            "db_bytes": db_file.stat().st_size if db_file.exists() else None,
+            "rss_after_load_mb": rss_loaded,
+            "rss_end_mb": _proc_status_mb("VmRSS"),
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+    )
+    return out
+
+
+def _later_run(summary: RunSummary, wall_s: float, first_wall_s: float) -> dict[str, Any]:
+    """Figures of a run after the first, with all three profiles (what it encoded, scored, and its relative cost)."""
+    return {
+        "profiles": 3,
+        "wall_s": wall_s,
+        "encoded": summary.encoded,
+        "scored": summary.scored,
+        "wall_vs_first": wall_s / first_wall_s,
+    }
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: peak) in MB; None where there is none."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB.
+
+    VmHWM where Linux has it: it belongs to this process's own address space, whereas ``ru_maxrss`` of a child
+    started with fork + exec also counts the parent's resident memory at the fork.
+    """
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def run_library_child(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
+    """Run :func:`library_runs` in a fresh interpreter (its peak RSS is then the scorer's own)."""
+    work = Path(spec["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    spec_file, result_file = work / "spec.json", work / "result.json"
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMLLM_")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmllm_batch.bench", "--library-worker", str(spec_file), str(result_file)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0 or not result_file.is_file():
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
+        raise RuntimeError(f"library bench for preset {spec['preset']} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """``python -m pmllm_batch.bench --library-worker SPEC RESULT``: the child side of :func:`run_library_child`."""
+    spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    result = library_runs(spec)
+    Path(argv[2]).write_text(json.dumps(result), encoding="utf-8")
+    return 0

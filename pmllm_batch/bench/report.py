@@ -1,0 +1,253 @@
+"""Rendering a bench result, kept apart from measuring: the acceptance checks, the table, the Markdown report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .inputs import MIN_PERSONA_TOKENS
+from .library import N_NEW_PHOTOS
+
+
+def checks(result: dict[str, Any]) -> dict[str, bool | None]:
+    """The issue's acceptance figures as pass (True) / fail (False) / not applicable (None).
+
+    Counts and score agreement always apply. The speed targets are stated for the cpu preset's shapes, so a
+    demo run or a --quick run reports them as None (its timings are plumbing checks, not evidence).
+    """
+    p = result["prefix_cache"]
+    timed = result["preset"] == "cpu" and not result["quick"]
+    return {
+        "scores_agree_1e-4": bool(p["scores_agree"]),
+        "persona_at_least_120_tokens": p["min_persona_tokens"] >= MIN_PERSONA_TOKENS,
+        "prefix_cache_at_least_5x": result["prefix_cache_speedup"] >= 5.0 if timed else None,
+        "int8_at_least_1.8x_torch": result["int8_vision_speedup"] >= 1.8 if timed else None,
+        "int8_cosine_at_least_0.99": result["int8_vision_cosine"] >= 0.99,
+        "new_profile_0_encodes": result["new_profile_vision_encodes"] == 0,
+        "new_photos_10_encodes": result["new_photos_vision_encodes"] == N_NEW_PHOTOS,
+    }
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms"
+
+
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(section, figure, value) rows shared by the stdout table and the Markdown report."""
+    p, v, lim = result["prefix_cache"], result["vision"], result["limit"]
+    rows: list[tuple[str, str, str]] = []
+    tk = p["tokens"][0]
+    rows += [
+        (
+            "1 prefix cache",
+            "persona / prefix / suffix tokens",
+            f"{p['min_persona_tokens']}+ / {tk['prefix_tokens']} / {tk['suffix_tokens']}",
+        ),
+    ]
+    for name, row in p["per_batch"].items():
+        path = "prefix cache" if name.startswith("cached") else "full prompt"
+        rows.append(("1 prefix cache", f"{path}, pairs/s at batch {row['batch']}", _f(row["pairs_per_s"], 2)))
+    rows += [
+        (
+            "1 prefix cache",
+            f"speedup, each at its best batch (cached {p['cached_batch']}, full {p['full_batch']})",
+            f"{p['prefix_cache_speedup']:.1f}x",
+        ),
+    ]
+    if p.get("prefix_cache_speedup_same_batch") is not None:
+        rows.append(
+            (
+                "1 prefix cache",
+                f"speedup at the same batch ({p['same_batch']})",
+                f"{p['prefix_cache_speedup_same_batch']:.1f}x",
+            )
+        )
+    rows += [
+        (
+            "1 prefix cache",
+            "bound: (prefix + suffix) / suffix tokens",
+            f"{p['token_ratio']:.1f}x ({p['token_ratio_at_min_persona']:.1f}x for a "
+            f"{MIN_PERSONA_TOKENS}-token persona)",
+        ),
+        ("1 prefix cache", "prefix encode, once per profile", f"{p['prefix_encode']['median_s'] * 1e3:.0f} ms"),
+        (
+            "1 prefix cache",
+            f"speedup incl. prefix, {p['library_images_per_profile']} photos/profile",
+            f"{p['prefix_cache_speedup_incl_prefix']:.1f}x",
+        ),
+        ("1 prefix cache", "break-even", f"{p['breakeven_images_per_profile']:.1f} photos/profile"),
+        ("1 prefix cache", "max abs difference of cached and full scores", f"{p['max_abs_score_diff']:.1e}"),
+    ]
+    for row in v["batch_sweep"]:
+        rows.append(
+            (
+                "2 vision",
+                f"batch {row['batch']}: torch eager / ONNX int8 images/s",
+                f"{_f(row['torch_images_per_s'])} / {_f(row['onnx_int8_images_per_s'])} ({row['int8_speedup']:.2f}x)",
+            )
+        )
+    bb = v["best_batch"]
+    rows += [
+        ("2 vision", f"ONNX fp32 images/s (batch {v['batch']})", _f(v["onnx_fp32"]["images_per_s"])),
+        (
+            "2 vision",
+            f"int8 vs torch eager, each at its best batch (torch {bb['torch']}, int8 {bb['onnx_int8']})",
+            f"{v['int8_vision_speedup']:.2f}x",
+        ),
+        (
+            "2 vision",
+            f"int8 / fp32 vs torch eager at the same batch ({v['batch']})",
+            f"{v['int8_vision_speedup_same_batch']:.2f}x / {v['fp32_vision_speedup']:.2f}x",
+        ),
+        (
+            "2 vision",
+            f"token cosine vs torch, {v['images']} real photos: int8 mean (worst photo)",
+            f"{v['onnx_int8']['cosine_mean']:.5f} ({v['onnx_int8']['cosine_min_image']:.5f})",
+        ),
+        ("2 vision", "token cosine vs torch: fp32 mean", f"{v['onnx_fp32']['cosine_mean']:.6f}"),
+    ]
+    for name, lib in result["library"].items():
+        if "error" in lib:
+            rows.append((f"3-4 library ({name})", "FAILED", lib["error"].splitlines()[-1][:150]))
+            continue
+        f1, f2, f3 = lib["first_run"], lib["new_profile_run"], lib["new_photos_run"]
+        sec = f"3 incremental ({name})"
+        rows += [
+            (sec, f"first run: {lib['photos']} photos x 2 profiles, vision encodes", str(f1["encoded"])),
+            (sec, "third profile added: vision encodes", str(f2["encoded"])),
+            (
+                sec,
+                "third profile: wall time vs first run",
+                f"{f2['wall_s']:.2f} s vs {f1['wall_s']:.2f} s ({f2['wall_vs_first']:.2f}x)",
+            ),
+            (
+                sec,
+                f"{lib['new_photos']} new photos: vision encodes (pairs scored)",
+                f"{f3['encoded']} ({f3['scored']})",
+            ),
+        ]
+        sec = f"4 end to end ({name})"
+        rows += [
+            (sec, "images/s (scan, decode, vision, 2 profiles, write)", _f(f1["images_per_s"], 1)),
+            (sec, "(image, profile) pairs/s", _f(f1["pairs_per_s"], 1)),
+            (
+                sec,
+                "peak RSS of the scoring process (after load / at end)",
+                f"{lib['peak_rss_mb']:.0f} MB ({_f(lib.get('rss_after_load_mb'), 0)} / "
+                f"{_f(lib.get('rss_end_mb'), 0)} MB)",
+            ),
+            (sec, "visual-token cache per image", f"{lib['visual_cache_bytes_per_image'] / 1024:.1f} KiB"),
+            (sec, "model load (once)", f"{lib['load_s']:.1f} s"),
+            (sec, "scorer batches, shipped defaults: vision / score", f"{lib['vision_batch']} / {lib['score_batch']}"),
+        ]
+    g = lim["gemm"]
+    rows.append(
+        (
+            "5 limit",
+            f"large GEMM, best of {len(g['shapes'])} shapes: torch fp32 / ORT fp32 / ORT int8 GFLOP/s",
+            f"{_f(g['torch_fp32_gflops'])} / {_f(g['onnx_fp32_gflops'])} / {_f(g['onnx_int8_gflops'])}",
+        )
+    )
+    labels = {
+        "vision_torch": "vision torch eager",
+        "vision_onnx_fp32": "vision ONNX fp32",
+        "vision_onnx_int8": "vision ONNX int8 (vs int8 GEMM)",
+        "llm_cached": "LLM prefix-cached suffix",
+        "llm_full": "LLM full prompt",
+    }
+    for key, label in labels.items():
+        st = lim["stages"][key]
+        rows.append(("5 limit", f"{label}: GFLOP/s (fraction of GEMM)", f"{_f(st['gflops'])} ({st['fraction']:.0%})"))
+    probe = result.get("threads_probe", {})
+    cands = sorted(probe.get("median_s", {}).items(), key=lambda kv: int(kv[0]))
+    how = ", ".join(f"{n}: {_duration(t)}" for n, t in cands)
+    rows.append(
+        (
+            "5 limit",
+            "threads, torch and ONNX Runtime (probe: LLM batch at each count)",
+            f"{lim['threads']} ({probe.get('chosen_by', '?')}; {how})",
+        )
+    )
+    return rows
+
+
+def _checks_line(checks_: dict[str, bool | None]) -> str:
+    word = {True: "pass", False: "FAIL", None: "n/a"}
+    return ", ".join(f"{k} {word[ok]}" for k, ok in checks_.items())
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table for stdout."""
+    rows = table_rows(result)
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    m = result["machine"]
+    lines = [
+        f"pmllm-batch bench — preset {result['preset']} ({result['weights']}){' — QUICK' if result['quick'] else ''}",
+        f"{m['cpu_model']}, {m['usable_cpus']} CPUs, {result['threads']} threads, torch {m['torch']}, "
+        f"onnxruntime {m['onnxruntime']}, {m['date_utc']}",
+        "",
+    ]
+    prev = ""
+    for sec, fig, val in rows:
+        lines.append(f"{sec if sec != prev else '':<{w0}}  {fig:<{w1}}  {val}")
+        prev = sec
+    lines.append("")
+    lines.append("checks: " + _checks_line(result["checks"]))
+    lines.append(f"command: {result['command']}   ({result['elapsed_s']:.0f} s)")
+    return "\n".join(lines)
+
+
+def _md_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """:func:`table_rows` with any ``|`` escaped, so a cell can never split the Markdown table."""
+    return [tuple(cell.replace("|", "\\|") for cell in row) for row in table_rows(result)]  # type: ignore[misc]
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The Markdown report (the README's performance section cites it)."""
+    m = result["machine"]
+    out = [
+        f"# pmllm-batch bench — preset `{result['preset']}`" + (" (quick)" if result["quick"] else ""),
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {m['date_utc']}",
+        f"- machine: {m['cpu_model']} (family {m.get('cpu_family', '?')}, model {m.get('model', '?')}), "
+        f"{m['physical_cores'] or '?'} cores / {m['logical_cpus']} logical CPUs"
+        f"{' in a virtual machine' if m.get('virtual_machine') else ''}, {m.get('memory_gib', '?')} GiB RAM, "
+        f"SIMD {', '.join(m['simd']) or 'none listed'}",
+        f"- load average at start / end: {m.get('load_average_start')} / {m.get('load_average_end')}",
+        f"- software: Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, "
+        f"transformers {m['transformers']}, open_clip {m.get('open_clip', '?')}",
+        f"- threads: {result['threads']} (torch intra-op and ONNX Runtime intra-op, the same in every arm)",
+        f"- weights: {result['weights']}",
+        "- method: arms interleaved round by round in one process; medians of timed repeats after a warm-up; "
+        "library runs in a child process (its own peak RSS).",
+        "",
+        "| section | figure | value |",
+        "|---|---|---|",
+    ]
+    out += [f"| {s} | {f} | {v} |" for s, f, v in _md_rows(result)]
+    out += ["", "Checks: " + _checks_line(result["checks"]), ""]
+    return "\n".join(out)
+
+
+def write_reports(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``bench-<preset>.json`` and ``bench-<preset>.md`` into ``out_dir``."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{result['preset']}" + ("-quick" if result["quick"] else "")
+    paths = {"json": d / f"{stem}.json", "markdown": d / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(result), encoding="utf-8")
+    result["reports"] = {k: str(v) for k, v in paths.items()}
+    return paths

@@ -1,0 +1,275 @@
+"""The whole bench run: every section in one process (library runs in a child), then the JSON + Markdown reports.
+
+Each section is a function of its own module returning a plain dict; :func:`run_bench` sizes them per preset and
+mode, runs them in order, and collects the headline figures at the top level of the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pmllm_batch.log import get_logger
+
+from .inputs import BENCH_PROFILES, find_photos, load_pixels, make_photo_variants
+from .library import N_NEW_PHOTOS, library_runs, run_library_child
+from .limit import against_limit, measure_flops
+from .machine import GEMM_SHAPES, machine_info, measure_gemm
+from .models import build_bench_model, check_preset
+from .prefix_cache import measure_prefix_cache
+from .report import checks, write_reports
+from .timing import default_threads, probe_threads, set_threads, timed
+from .vision import measure_vision
+
+log = get_logger("bench")
+
+# Sizes per preset and mode: batch sizes timed per section, repeats per arm, library photos, GEMM shapes.
+_SIZES: dict[tuple[str, bool], dict[str, Any]] = {
+    ("demo", False): {
+        "vision_batch": 16,
+        "cached_batches": (8, 32),
+        "full_batches": (4, 8),
+        "rep_cached": 15,
+        "rep_full": 9,
+        "rep_vision": 15,
+        "library": 64,
+        "sweep": (1, 4, 32, 64),
+        "gemm": GEMM_SHAPES,
+    },
+    ("cpu", False): {
+        "vision_batch": 16,
+        "cached_batches": (4, 32),
+        "full_batches": (2, 4),
+        "rep_cached": 3,
+        "rep_full": 3,
+        "rep_vision": 5,
+        "library": 16,
+        "sweep": (1, 4, 32),
+        "gemm": GEMM_SHAPES,
+    },
+    ("demo", True): {
+        "vision_batch": 8,
+        "cached_batches": (4,),
+        "full_batches": (4,),
+        "rep_cached": 3,
+        "rep_full": 2,
+        "rep_vision": 3,
+        "library": 12,
+        "sweep": (),
+        "gemm": ((512, 512, 512),),
+    },
+    ("cpu", True): {
+        "vision_batch": 4,
+        "cached_batches": (2,),
+        "full_batches": (2,),
+        "rep_cached": 2,
+        "rep_full": 1,
+        "rep_vision": 2,
+        "library": 6,
+        "sweep": (),
+        "gemm": ((512, 512, 512),),
+    },
+}
+
+
+def command_line(preset: str, quick: bool, threads: int | None, out_dir: str | os.PathLike[str]) -> str:
+    """The command that reproduces a run."""
+    parts = ["pmllm-batch", "bench", "--preset", preset]
+    if quick:
+        parts.append("--quick")
+    if threads:
+        parts += ["--threads", str(threads)]
+    if str(out_dir) != "bench-out":
+        parts += ["--out", str(out_dir)]
+    return " ".join(parts)
+
+
+def run_bench(
+    preset: str = "demo",
+    out_dir: str | os.PathLike[str] = "bench-out",
+    quick: bool = False,
+    *,
+    threads: int | None = None,
+    photos: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every section for ``preset`` and write ``bench-<preset>.json`` and ``bench-<preset>.md`` into ``out_dir``.
+
+    Args:
+        preset: ``demo`` (shipped tiny model) or ``cpu`` (random weights at the cpu preset's shapes).
+        out_dir: where the JSON and Markdown reports go (created).
+        quick: small sizes and few repeats (tests); the figures are then only plumbing checks.
+        threads: intra-op threads for torch and ONNX Runtime; None = the count that runs the model's LLM stage
+            fastest (see :func:`probe_threads`).
+        photos: folder of real photos (default: the repository's ``examples/photos``).
+        progress: called with a short line before each section.
+
+    Returns:
+        Every figure (the JSON written), with the headline keys at the top level.
+    """
+    check_preset(preset)
+    import torch
+
+    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.runtime.onnx_export import ensure_vision_onnx
+
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    # process-wide torch state this run changes; restored at the end (run_bench may run inside a bigger process)
+    saved_threads, saved_grad = torch.get_num_threads(), torch.is_grad_enabled()
+    sizes = _SIZES[(preset, quick)]
+    sources = find_photos(photos)
+    command = command_line(preset, quick, threads, out_dir)
+    result: dict[str, Any] = {"preset": preset, "quick": quick, "command": command}
+    timings: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(prefix="pmllm-bench-"))
+    try:
+        cache_dir = work / "cache"
+        say(f"building the {preset} model")
+        with timed(timings, "model_build_s"):
+            model, weights = build_bench_model(preset)
+        result["weights"] = weights
+        n_photos = max(sizes["vision_batch"], *sizes["sweep"], *sizes["cached_batches"], *sizes["full_batches"])
+        bench_photos = make_photo_variants(sources, work / "photos", n_photos)
+        pixels = load_pixels(bench_photos, model.preprocess)
+        with torch.inference_mode():
+            visual_all = model.encode_images(torch.from_numpy(pixels))
+            probe_prefix = model.encode_prefix(BENCH_PROFILES[0])
+        probe_visual = visual_all[: sizes["cached_batches"][0]].clone()
+
+        def llm_stage(m: Any = model, prefix: Any = probe_prefix, visual: Any = probe_visual) -> None:
+            with torch.inference_mode():
+                m.score_cached(prefix, visual)
+
+        say("probing intra-op thread counts on the LLM stage")
+        with timed(timings, "threads_probe_s"):
+            probe = probe_threads(llm_stage, default_threads(), repeats=1 if quick else 2)
+        n_threads = int(threads or probe["best"])
+        set_threads(n_threads)
+        result["machine"] = machine_info(n_threads)
+        result["threads_probe"] = {
+            "median_s": probe["candidates"],
+            "best": probe["best"],
+            "chosen_by": "--threads" if threads else "probe",
+            "work": "LLM cached scoring",
+        }
+        result["timings"] = timings
+
+        say("exporting the vision graph to ONNX (fp32 + int8)")
+        with timed(timings, "onnx_export_s"):
+            model_fingerprint = fingerprint(model)
+            onnx_dir = ensure_vision_onnx(model, cache_dir / "onnx", model_fingerprint)
+
+        say("prefix cache vs full prompt (section 1)")
+        with timed(timings, "prefix_cache_s"):
+            visual = visual_all[: max(*sizes["cached_batches"], *sizes["full_batches"])].clone()
+            prefix = measure_prefix_cache(
+                model,
+                visual,
+                BENCH_PROFILES[:2],
+                cached_batches=sizes["cached_batches"],
+                full_batches=sizes["full_batches"],
+                repeats_cached=sizes["rep_cached"],
+                repeats_full=sizes["rep_full"],
+            )
+            result["prefix_cache"] = prefix
+
+        say("vision: torch eager vs ONNX fp32 / int8 (section 2)")
+        with timed(timings, "vision_s"):
+            vision = measure_vision(
+                model,
+                onnx_dir,
+                pixels,
+                fingerprint=model_fingerprint,
+                batch=sizes["vision_batch"],
+                threads=n_threads,
+                repeats=sizes["rep_vision"],
+                sweep=sizes["sweep"],
+            )
+            result["vision"] = vision
+
+        say("FLOPs and large-GEMM rates (section 5)")
+        with timed(timings, "limit_s"):
+            flops = measure_flops(model, pixels, visual, BENCH_PROFILES[0])
+            gemm = measure_gemm(n_threads, sizes["gemm"], work_dir=work / "gemm")
+            result["limit"] = against_limit(flops, gemm, vision, prefix)
+        del model, visual, visual_all, llm_stage, probe_prefix, probe_visual
+
+        result["library"] = _library_section(preset, quick, work, cache_dir, sources, n_threads, timings, say)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        torch.set_num_threads(saved_threads)
+        torch.set_grad_enabled(saved_grad)
+    with contextlib.suppress(OSError):
+        result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result.update(_headline(result, n_threads))
+    result["elapsed_s"] = time.perf_counter() - started
+    result["checks"] = checks(result)
+    write_reports(result, out_dir)
+    return result
+
+
+def _library_section(
+    preset: str,
+    quick: bool,
+    work: Path,
+    cache_dir: Path,
+    sources: list[Path],
+    threads: int,
+    timings: dict[str, float],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Sections 3-4 for the demo model and, for another preset, that one too: preset -> figures (or its error)."""
+    libraries: dict[str, Any] = {}
+    for lib_preset in ("demo", preset) if preset != "demo" else ("demo",):
+        say(f"library runs, {lib_preset} (sections 3-4): two profiles, a third, {N_NEW_PHOTOS} new photos")
+        t = time.perf_counter()
+        spec = {
+            "preset": lib_preset,
+            "work": str(work / f"library-{lib_preset}"),
+            # the cache of run_bench's ONNX export: the child's model has the same fingerprint, so no second export
+            "cache_dir": str(cache_dir),
+            "photos": [str(p) for p in sources],
+            "n_photos": _SIZES[(lib_preset, quick)]["library"],
+            "n_new": N_NEW_PHOTOS,
+            "threads": threads,
+        }
+        try:
+            # --quick: in this process (saves an interpreter start and the imports; peak RSS is then this
+            # process's); a full run: a child, so that its peak RSS is the scorer's own
+            libraries[lib_preset] = library_runs(spec) if quick else run_library_child(spec)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            # keep the minutes of figures measured so far: the report shows the failure instead
+            log.error("%s", exc)
+            libraries[lib_preset] = {"error": str(exc)}
+        timings[f"library_{lib_preset}_s"] = time.perf_counter() - t
+    return libraries
+
+
+def _headline(result: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The figures the issue names, lifted from the sections to the top level of the result."""
+    prefix, vision, limit = result["prefix_cache"], result["vision"], result["limit"]
+    main_lib = result["library"][result["preset"]]
+    ok_lib = "error" not in main_lib
+    return {
+        "prefix_cache_speedup": prefix["prefix_cache_speedup"],
+        "prefix_cache_scores_max_abs_diff": prefix["max_abs_score_diff"],
+        "persona_tokens": prefix["min_persona_tokens"],
+        "prefix_cache_speedup_same_batch": prefix["prefix_cache_speedup_same_batch"],
+        "int8_vision_speedup": vision["int8_vision_speedup"],
+        "int8_vision_speedup_same_batch": vision["int8_vision_speedup_same_batch"],
+        "int8_vision_cosine": vision["int8_vision_cosine"],
+        "fp32_vision_cosine": vision["onnx_fp32"]["cosine_mean"],
+        "new_profile_vision_encodes": main_lib["new_profile_run"]["encoded"] if ok_lib else None,
+        "new_photos_vision_encodes": main_lib["new_photos_run"]["encoded"] if ok_lib else None,
+        "vision_gemm_fraction": limit["vision_gemm_fraction"],
+        "llm_gemm_fraction": limit["llm_gemm_fraction"],
+        "threads": threads,
+    }

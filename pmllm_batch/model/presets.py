@@ -1,0 +1,103 @@
+"""Presets: named architectures (+ a default adapter), shipped or a user's own file.
+
+A preset is a JSON file holding an architecture (``model``) and optionally a default adapter (``adapter``). The
+shipped ones live in ``model_configs/`` (file stem = preset name, open_clip's one-file-per-model layout); a user's
+preset is any ``.json`` path, so local weights never need a file inside the installed package. Paths inside a
+preset may be ``pkg:relative/path`` (inside this package, for the shipped demo/smol), absolute, ``~/…``, or
+relative to the preset file itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from pmllm_batch.errors import ConfigError
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def _rescan() -> None:
+    _PRESETS.clear()
+    for f in sorted(_CONFIG_DIR.glob("*.json")):
+        _PRESETS[f.stem] = json.loads(f.read_text())
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets."""
+    if not _PRESETS:
+        _rescan()
+    return sorted(_PRESETS)
+
+
+def is_preset_file(name: str) -> bool:
+    """True when ``name`` names a preset file rather than a shipped preset (a path or a ``.json`` name)."""
+    return name.endswith(".json") or "/" in name or name.startswith("~")
+
+
+def _relative_to(value: Any, base: Path) -> Any:
+    if not isinstance(value, str) or not value or value.startswith("pkg:") or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if value.startswith(("./", "../")) or (base / p).exists():
+        return str((base / p).resolve())
+    return value  # a hub id such as "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def load_preset_file(path: str | Path) -> dict[str, Any]:
+    """Read a user's preset file; relative weight paths are resolved against the file's folder.
+
+    Raises:
+        ConfigError: the file is missing or is not a preset (one sentence naming the file).
+    """
+    p = Path(path).expanduser()
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"preset file {p} does not exist; give a shipped preset ({', '.join(list_presets())}) or a path "
+            "to a preset .json."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"preset file {p} is not readable JSON: {exc}.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(f"preset file {p} needs a \"model\" object (see pmllm_batch/model/model_configs/).")
+    base = p.resolve().parent
+    model = data["model"]
+    model.setdefault("name", p.stem)
+    vision = model.get("vision") or {}
+    if "checkpoint" in vision:
+        vision["checkpoint"] = _relative_to(vision["checkpoint"], base)
+    lm = model.get("lm") or {}
+    if "name_or_path" in lm:
+        lm["name_or_path"] = _relative_to(lm["name_or_path"], base)
+    if data.get("adapter"):
+        data["adapter"] = _relative_to(data["adapter"], base)
+    return data
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """A deep copy of a preset: ``{"model": {...}, "adapter": path | None}``; ``name`` may be a file path."""
+    if is_preset_file(name):
+        return load_preset_file(name)
+    presets = list_presets()
+    if name not in presets:
+        raise ConfigError(
+            f"unknown preset '{name}'; available presets: {', '.join(presets)} (or give the path of a preset .json)."
+        )
+    return copy.deepcopy(_PRESETS[name])
+
+
+def resolve_path(value: str | None) -> str | None:
+    """``pkg:relative/path`` → a path inside the installed package; ``~`` expanded; anything else unchanged."""
+    if value and value.startswith("pkg:"):
+        return str(_PACKAGE_DIR / value[4:])
+    if value and value.startswith("~"):
+        return str(Path(value).expanduser())
+    return value
