@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from pmllm_batch.errors import UserError
+from pmllm_batch.outputs.files import write_text_atomic
+
+__all__ = ["human_bytes", "plural", "positive_int", "print_json", "summary_line", "write_text_atomic"]
 
 
 def positive_int(text: str) -> int:
@@ -28,28 +28,6 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename, so readers never see half a file.
-
-    Raises:
-        UserError: The file cannot be written (missing folder, no permission, a folder in the way).
-    """
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise UserError(f"cannot write {target}: it is a folder; give a file name.")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, target)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the folder itself is unusable; nothing was left behind worth reporting
-        raise UserError(f"cannot write {target}: {exc.strerror or exc}.") from None
-    return target
-
-
 def human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'."""
     size = float(n)
@@ -58,3 +36,17 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 photo', '2 photos' (``words`` for an irregular plural)."""
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """The one-line summary of a rank or ``watch --once`` run (a :class:`RunSummary` as a dict)."""
+    moved = f"{s.get('moved', 0)} moved, " if s.get("moved") else ""
+    return (f"scanned {plural(s['scanned'], 'file')}: {s['new']} new, {moved}{s['changed']} changed, "
+            f"{s['skipped']} unchanged, {s['missing']} missing, {s['failed']} failed; "
+            f"vision encodes {s['encoded']}; scored {plural(s['scored'], '(photo, profile) pair')} "
+            f"in {s['elapsed_s']:.1f}s")

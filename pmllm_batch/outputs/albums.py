@@ -1,0 +1,191 @@
+"""Albums: one folder per profile holding its best photos, as symlinks or copies (``pmllm-batch albums``).
+
+Safety rules, because albums are files that point into a photo library:
+
+* ``--out`` must not overlap any scanned photo folder (neither inside one nor containing one), checked on
+  resolved paths, so a symlinked album folder cannot lead into the library either;
+* each album folder keeps a manifest (``.pmllm-album.json``) of the entries it created; a re-run deletes only
+  those, and refuses to replace any file it did not create;
+* the photo files are only ever read (copied or linked to), never opened for writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pmllm_batch.db import RankedPhoto, Store
+from pmllm_batch.db.schema import utcnow
+from pmllm_batch.errors import UserError
+from pmllm_batch.log import get_logger
+from pmllm_batch.outputs.files import write_text_atomic
+
+log = get_logger("outputs.albums")
+
+MANIFEST = ".pmllm-album.json"
+MANIFEST_VERSION = 1
+DEFAULT_TOP = 50
+
+
+@dataclass
+class AlbumResult:
+    """What one album folder ended up holding."""
+
+    profile: str
+    folder: Path
+    mode: str  # "symlink" | "copy"
+    entries: list[str] = field(default_factory=list)  # file names created, by rank
+    skipped: list[str] = field(default_factory=list)  # source paths no longer on disk
+
+
+def entry_name(rank: int, path: str, width: int) -> str:
+    """``NNN_<basename>``: zero-padded rank so a file browser sorts by rank."""
+    return f"{rank:0{width}d}_{os.path.basename(path)}"
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_outside_roots(folders: list[Path], roots: list[str], what: str = "albums") -> None:
+    """Refuse output locations (album folders, a report folder) that overlap a scanned photo folder.
+
+    Raises:
+        UserError: Some folder is inside a photo root, or contains one.
+    """
+    root_paths: list[tuple[str, set[Path]]] = [
+        (root, {Path(os.path.abspath(root)), Path(os.path.realpath(root))}) for root in roots
+    ]
+    for folder in folders:
+        candidates = {Path(os.path.abspath(folder)), Path(os.path.realpath(folder))}
+        for root, variants in root_paths:
+            if any(_overlaps(c, v) for c in candidates for v in variants):
+                raise UserError(
+                    f"--out {folder} overlaps the scanned photo folder {root}; {what} must go in a folder "
+                    "outside your photo folders."
+                )
+
+
+def read_manifest(folder: Path) -> list[str]:
+    """Names of the entries a previous run created in ``folder`` (plain file names only).
+
+    Raises:
+        UserError: The manifest exists but is unreadable.
+    """
+    path = folder / MANIFEST
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"]
+        if not isinstance(files, list):
+            raise TypeError("files is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"album manifest {path} is damaged ({exc}); delete the album folder and run again.") from None
+    # Only plain names inside this folder: a damaged or hand-edited manifest must never point elsewhere.
+    return [n for n in files if isinstance(n, str) and n and n == os.path.basename(n) and n not in (".", "..")]
+
+
+def _write_manifest(folder: Path, profile: str, mode: str, names: list[str]) -> None:
+    data: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "profile": profile,
+        "mode": mode,
+        "updated_at": utcnow().isoformat(timespec="seconds") + "Z",
+        "files": names,
+    }
+    write_text_atomic(folder / MANIFEST, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _plan(folder: Path, ranking: list[RankedPhoto], owned: set[str]) -> list[tuple[RankedPhoto, str]]:
+    width = max(3, len(str(len(ranking))))
+    plan = [(item, entry_name(item.rank, item.path, width)) for item in ranking]
+    for _, name in plan:
+        target = folder / name
+        if os.path.lexists(target) and name not in owned:
+            raise UserError(
+                f"{target} already exists and was not made by pmllm-batch; move it away or choose another --out."
+            )
+    return plan
+
+
+def build_albums(
+    store: Store,
+    out: str | os.PathLike[str],
+    *,
+    profiles: list[str] | None = None,
+    top: int = DEFAULT_TOP,
+    copy: bool = False,
+) -> list[AlbumResult]:
+    """Create or refresh ``out/<profile>/`` for each profile with its ``top`` photos.
+
+    Everything is checked (profiles exist, no overlap with photo folders, no foreign files in the way) before the
+    first file is written.
+
+    Args:
+        store: Library database.
+        out: Folder that receives one sub-folder per profile (created if needed).
+        profiles: Profile names; None for every stored profile.
+        top: Photos per album.
+        copy: Copy the files instead of symlinking them.
+
+    Returns:
+        One :class:`AlbumResult` per profile.
+
+    Raises:
+        UserError: Unknown profile, no profiles, overlap with a photo folder, a foreign file in the way, or a
+            file system error.
+    """
+    out_dir = Path(out).expanduser().absolute()
+    names = list(dict.fromkeys(profiles)) if profiles else [row.name for row in store.list_profiles()]
+    if not names:
+        raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
+    rankings = {name: store.ranking(name, top=top) for name in names}  # unknown names fail here, before any write
+    folders = {name: out_dir / name for name in names}
+    check_outside_roots([out_dir, *folders.values()], store.photo_roots())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder.")
+    for folder in folders.values():
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise UserError(f"{folder} exists and is not a folder; move it away or choose another --out.")
+
+    mode = "copy" if copy else "symlink"
+    owned = {name: read_manifest(folders[name]) for name in names}
+    plans = {name: _plan(folders[name], rankings[name], set(owned[name])) for name in names}
+
+    results = []
+    for name in names:
+        folder = folders[name]
+        result = AlbumResult(profile=name, folder=folder, mode=mode)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in owned[name]:
+                target = folder / old
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+            # Record the planned names first: a run killed half-way leaves only files the next run may delete.
+            planned = [entry for _, entry in plans[name]]
+            _write_manifest(folder, name, mode, sorted(set(planned) | set(owned[name])))
+            for item, entry in plans[name]:
+                if not os.path.isfile(item.path):
+                    result.skipped.append(item.path)
+                    continue
+                target = folder / entry
+                if os.path.lexists(target):  # appeared since the plan; never write through it
+                    raise UserError(f"{target} appeared while the album was written; run again.")
+                if copy:
+                    shutil.copy2(item.path, target)
+                else:
+                    os.symlink(os.path.abspath(item.path), target)
+                result.entries.append(entry)
+            _write_manifest(folder, name, mode, result.entries)
+        except OSError as exc:
+            raise UserError(f"cannot write the album {folder}: {exc.strerror or exc}.") from None
+        if result.skipped:
+            log.warning("%s: %d photo(s) are no longer on disk and were left out", name, len(result.skipped))
+        results.append(result)
+    return results

@@ -1,0 +1,332 @@
+"""The gallery report: a static, offline HTML folder of every person's best photos (``pmllm-batch report``).
+
+``DIR/index.html`` shows the family view (one column per person, side by side), then the files that failed with their
+reasons; ``DIR/person-<name>.html`` lists one person's photos with score, stars and capture date. Thumbnails are made
+by the tool (EXIF-oriented, metadata stripped) into ``DIR/thumbs/``; nothing is read from or linked into the photo
+folders at view time, every link is relative and stays inside ``DIR``, and the pages use no CDN, script or web font,
+so the folder opens offline and can be copied anywhere.
+
+Safety: ``DIR`` must lie outside every scanned photo folder; a ``DIR`` that holds files but no manifest of ours
+(``.pmllm-report.json``) is refused; a re-run replaces only files the manifest lists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pmllm_batch.db import Store
+from pmllm_batch.errors import UserError
+from pmllm_batch.log import get_logger
+from pmllm_batch.outputs.albums import check_outside_roots
+from pmllm_batch.outputs.files import replace_file_bytes
+from pmllm_batch.outputs.scope import in_scope, resolve_scopes
+from pmllm_batch.outputs.stars import DEFAULT_SHARES, star_label, stars_by_hash
+from pmllm_batch.scan import DecodeError, decode_photo
+from pmllm_batch.version import __version__
+
+log = get_logger("outputs.report")
+
+MANIFEST = ".pmllm-report.json"
+MANIFEST_VERSION = 1
+THUMBS = "thumbs"
+INDEX = "index.html"
+DEFAULT_TOP = 24
+DEFAULT_THUMB_SIZE = 320
+DEMO_DISCLAIMER = (
+    "These rankings come from the bundled demo model, which is not a real aesthetic judge: a tiny model trained on a "
+    "synthetic preference task. Its scores show the mechanism (different people get different rankings), not "
+    "anybody's taste."
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportPhoto:
+    """One photo as a person's page shows it."""
+
+    rank: int
+    path: str
+    name: str  # file name
+    score: float
+    stars: int
+    taken_at: str  # "2021-05-01 12:00", or "" when unknown
+    thumb: str | None  # path relative to DIR; None when no thumbnail could be made
+    problem: str | None = None  # why there is no thumbnail
+
+    @property
+    def star_text(self) -> str:
+        return "★" * self.stars + "☆" * (5 - self.stars)
+
+    @property
+    def star_label(self) -> str:
+        return star_label(self.stars)
+
+
+@dataclass
+class ReportPerson:
+    """One person's column and page."""
+
+    name: str
+    page: str  # file name inside DIR
+    persona: str
+    ranked: int  # photos in their ranking (in scope)
+    photos: list[ReportPhoto] = field(default_factory=list)  # the top ones shown
+
+
+@dataclass
+class ReportProblem:
+    """A photo shown without a thumbnail."""
+
+    path: str
+    reason: str  # a scan.decode reason ("vanished", "truncated", ...)
+    message: str
+
+
+@dataclass
+class ReportSummary:
+    """What :func:`build_report` wrote."""
+
+    out: Path
+    index: Path
+    people: list[ReportPerson]
+    demo: bool
+    model: str | None
+    thumbnails_made: int = 0
+    thumbnails_reused: int = 0
+    problems: list[ReportProblem] = field(default_factory=list)  # photos without a thumbnail
+    failures: list[dict[str, Any]] = field(default_factory=list)  # failed files of the library (in scope)
+    removed: int = 0  # stale files of a previous report deleted
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _display_date(taken_at: str | None) -> str:
+    if not taken_at:
+        return ""
+    return taken_at.replace("T", " ")[:16]
+
+
+def page_names(names: Sequence[str]) -> dict[str, str]:
+    """Profile name -> a safe, unique page file name, e.g. ``"Ana M." -> "person-Ana_M..html"``."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        stem = "person-" + (re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "profile")
+        candidate, i = stem, 2
+        while candidate.lower() in used:
+            candidate, i = f"{stem}-{i}", i + 1
+        used.add(candidate.lower())
+        out[name] = f"{candidate}.html"
+    return out
+
+
+def _read_manifest(out_dir: Path) -> list[str] | None:
+    """Files a previous report wrote (relative, inside ``out_dir``); None when there is no manifest."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"]
+        if not isinstance(files, list):
+            raise TypeError("files is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"report manifest {path} is damaged ({exc}); delete the folder and run again.") from None
+    safe = []
+    for rel in files:
+        if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+            continue  # a hand-edited manifest must never point outside the report folder
+        safe.append(rel)
+    return safe
+
+
+def _write_manifest(out_dir: Path, files: list[str]) -> None:
+    manifest = {"version": MANIFEST_VERSION, "files": files}
+    replace_file_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _check_out_dir(out_dir: Path, roots: list[str]) -> list[str]:
+    check_outside_roots([out_dir], roots, what="the report")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder.")
+    owned = _read_manifest(out_dir) if out_dir.is_dir() else None
+    if owned is None and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(
+            f"--out {out_dir} already holds files that pmllm-batch did not make; choose an empty or new folder."
+        )
+    return owned or []
+
+
+def _thumb_name(content_hash: str, size: int) -> str:
+    return f"{THUMBS}/{content_hash[:24]}-{size}.jpg"
+
+
+def _make_thumb(path: str, target: Path, size: int, max_pixels: int) -> None:
+    """Decode (EXIF-oriented), shrink to ``size`` on the long side, save as JPEG without metadata."""
+    photo = decode_photo(path, max_pixels=max_pixels)
+    img = photo.image
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else img.convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85, optimize=True)
+    replace_file_bytes(target, buf.getvalue())
+
+
+def _environment() -> Any:
+    import jinja2  # the report's template engine; imported here so other outputs do not need it
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pmllm_batch.outputs", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_report(
+    store: Store,
+    out: str | os.PathLike[str],
+    *,
+    profiles: Sequence[str] | None = None,
+    top: int = DEFAULT_TOP,
+    paths: Sequence[str | os.PathLike[str]] | None = None,
+    thumb_size: int = DEFAULT_THUMB_SIZE,
+    shares: Sequence[float] = DEFAULT_SHARES,
+    max_pixels: int = 100_000_000,
+) -> ReportSummary:
+    """Write the gallery into ``out``.
+
+    Args:
+        store: Library database.
+        out: Report folder (created; must lie outside the photo folders).
+        profiles: Whose columns and pages, in this order; None for every stored profile.
+        top: Photos per person.
+        paths: Only photos at or under these files/folders (stars still come from the whole ranking).
+        thumb_size: Longest thumbnail side in pixels.
+        shares: Percent of each ranking for 5, 4, 3, 2 and 1 stars.
+        max_pixels: Decompression-bomb guard for thumbnail decoding (``[scan] max_pixels``).
+
+    Returns:
+        What was written; photos whose thumbnail could not be made (deleted since ranking, corrupt) are listed with
+        their reason and shown without an image.
+
+    Raises:
+        UserError: Unknown profile, no profiles, ``out`` overlaps a photo folder or holds foreign files, or the
+            report cannot be written.
+    """
+    out_dir = Path(out).expanduser().absolute()
+    names = list(dict.fromkeys(profiles)) if profiles else [row.name for row in store.list_profiles()]
+    if not names:
+        raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
+    rows = {name: store.get_profile(name) for name in names}  # unknown names fail here, before any write
+    owned = _check_out_dir(out_dir, store.photo_roots())
+    status = store.status()
+    current = status.get("current_model")
+    scopes = resolve_scopes(paths)
+    pages = page_names(names)
+
+    people: list[ReportPerson] = []
+    wanted: dict[str, tuple[str, str]] = {}  # thumb relative path -> (content hash, a photo path)
+    for name in names:
+        ranking = store.ranking(name)
+        stars = stars_by_hash(ranking, shares)
+        shown = [item for item in ranking if in_scope(item.path, scopes)]
+        person = ReportPerson(name=name, page=pages[name], persona=rows[name].persona, ranked=len(shown))
+        for item in shown[:top]:
+            thumb = _thumb_name(item.content_hash, thumb_size)
+            wanted.setdefault(thumb, (item.content_hash, item.path))
+            person.photos.append(
+                ReportPhoto(
+                    rank=item.rank,
+                    path=item.path,
+                    name=os.path.basename(item.path),
+                    score=item.score,
+                    stars=stars[item.content_hash],
+                    taken_at=_display_date(item.taken_at),
+                    thumb=thumb,
+                )
+            )
+        people.append(person)
+
+    summary = ReportSummary(
+        out=out_dir,
+        index=out_dir / INDEX,
+        people=people,
+        demo=bool(current and current.get("preset") == "demo"),
+        model=str(current["fingerprint"]) if current else None,
+        failures=[f for f in status["failures"] if in_scope(f["path"], scopes)],
+    )
+    planned = [*wanted, INDEX, *(person.page for person in people)]
+    try:
+        (out_dir / THUMBS).mkdir(parents=True, exist_ok=True)
+        # Record the planned names first: a run killed half-way leaves only files the next run may replace.
+        _write_manifest(out_dir, sorted(set(owned) | set(planned)))
+        failed_thumbs: dict[str, ReportProblem] = {}
+        for thumb, (_, path) in wanted.items():
+            target = out_dir / thumb
+            if thumb in owned and target.is_file():
+                summary.thumbnails_reused += 1  # named by content hash and size: the same photo, the same file
+                continue
+            try:
+                _make_thumb(path, target, thumb_size, max_pixels)
+                summary.thumbnails_made += 1
+            except DecodeError as exc:
+                failed_thumbs[thumb] = ReportProblem(path=path, reason=exc.reason, message=exc.message)
+        for person in people:
+            for photo in person.photos:
+                if photo.thumb in failed_thumbs:
+                    problem = failed_thumbs[photo.thumb]
+                    photo.thumb, photo.problem = None, f"{problem.reason}: {problem.message}"
+        summary.problems = sorted(failed_thumbs.values(), key=lambda p: p.path)
+
+        env = _environment()
+        context = {
+            "summary": summary,
+            "people": people,
+            "version": __version__,
+            "disclaimer": DEMO_DISCLAIMER if summary.demo else "",
+            "top": top,
+            "scoped": scopes is not None,
+            "scopes": scopes or [],
+        }
+        written = [thumb for thumb in wanted if thumb not in failed_thumbs]
+        replace_file_bytes(out_dir / INDEX, env.get_template("report/index.html.j2").render(**context).encode())
+        written.append(INDEX)
+        for person in people:
+            html = env.get_template("report/person.html.j2").render(person=person, **context)
+            replace_file_bytes(out_dir / person.page, html.encode())
+            written.append(person.page)
+
+        for rel in owned:  # stale files of the previous report (only ones it listed)
+            if rel not in written:
+                stale = out_dir / rel
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink()
+                    summary.removed += 1
+        _write_manifest(out_dir, sorted(written))
+    except OSError as exc:
+        raise UserError(f"cannot write the report {out_dir}: {exc.strerror or exc}.") from None
+    return summary
+

@@ -1,0 +1,63 @@
+"""Rankings as tables: CSV and JSON text (``pmllm-batch export``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pmllm_batch.db import RankedPhoto, Store
+
+EXPORT_FIELDS = ("rank", "path", "score", "content_hash", "taken_at")
+FORMATS = ("csv", "json")
+
+
+@dataclass
+class TabularExport:
+    """One profile's ranking, rendered."""
+
+    profile: str
+    fmt: str  # "csv" | "json"
+    rows: int  # ranking rows in ``text``
+    text: str
+
+
+def render_ranking(ranking: Sequence[RankedPhoto], fmt: str) -> str:
+    """Ranking as text.
+
+    Args:
+        ranking: From :meth:`Store.ranking`.
+        fmt: "json" (a list of objects with :data:`EXPORT_FIELDS`) or "csv" (header row, then one row each;
+            an unknown capture time is an empty cell).
+
+    Returns:
+        The text, ending with a newline. Scores are written with full float precision, so they read back equal.
+    """
+    rows = [{name: getattr(item, name) for name in EXPORT_FIELDS} for item in ranking]
+    if fmt == "json":
+        return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def export_ranking(store: Store, profile: str, fmt: str, *, top: int | None = None) -> TabularExport:
+    """One profile's ranking (current model) as CSV or JSON text.
+
+    Args:
+        store: Library database.
+        profile: Stored profile name.
+        fmt: One of :data:`FORMATS`.
+        top: Only the ``top`` best photos; None for all.
+
+    Raises:
+        ProfileError: Unknown profile.
+    """
+    ranking = store.ranking(profile, top=top)
+    return TabularExport(profile=profile, fmt=fmt, rows=len(ranking), text=render_ranking(ranking, fmt))
