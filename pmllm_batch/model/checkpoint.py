@@ -156,3 +156,26 @@ def local_weights_digest(path: str | None, full_hash_limit: int = 64 << 20) -> s
             st = f.stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def copy_adapter(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy an adapter folder, storing its tensors as ``dtype`` (the shipped presets are float16: half the bytes;
+    they are loaded into the model's float32 parameters, so scores differ from the float32 adapter only by that
+    rounding)."""
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(src), Path(dst)
+    read_adapter_config(src)  # one sentence when it is not an adapter folder
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(src / ADAPTER_FILE)).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / ADAPTER_FILE))
+    (out / CONFIG_FILE).write_text((src / CONFIG_FILE).read_text())
+    return out
+
+
+if __name__ == "__main__":  # python -m pmllm_batch.model.checkpoint --to-float16 SRC DST (scripts/train_adapter.sh)
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "--to-float16":
+        sys.exit("usage: python -m pmllm_batch.model.checkpoint --to-float16 SRC_ADAPTER DST_ADAPTER")
+    print(copy_adapter(sys.argv[2], sys.argv[3]))

@@ -32,12 +32,14 @@ class LMCfg:
     revision: str | None = None
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "float32" | "bfloat16" | "float16"
     decoder_layers_path: str | None = None  # dotted path of the decoder ModuleList; None = by model_type
+    gguf: str | None = None  # fallback weights: a GGUF path or "py:<package>/<file>" (see model/llm.py)
 
 
 @dataclass
 class FusionCfg:
     layer_ids: list[int] = field(default_factory=lambda: [0, 1, 2])  # paper: the lowest three blocks
     num_heads: int | None = None  # cross-attention heads; None = the LLM's attention heads
+    width: int | None = None  # inner width of q/k/v (narrower = smaller, faster adapter); None = the LLM's width
     gate: str = "selective"  # "selective" (sigmoid of W_g·LN(h)) | "open" (control: gate fixed to 1)
 
 

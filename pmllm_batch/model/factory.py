@@ -8,7 +8,6 @@ package (the shipped demo). With ``offline=True`` nothing touches the network.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,9 +16,12 @@ from pmllm_batch.errors import ConfigError, ModelLoadError
 from pmllm_batch.log import get_logger
 from pmllm_batch.model.checkpoint import load_adapter, read_adapter_config
 from pmllm_batch.model.config import ModelCfg
+from pmllm_batch.model.llm import hub_reachable, load_lm_and_tokenizer
 from pmllm_batch.model.presets import get_preset, resolve_path
+from pmllm_batch.model.weights import missing_sentence, missing_weights
 
 log = get_logger("factory")
+
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
@@ -28,31 +30,6 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
         raise ConfigError(f"lm.dtype must be auto, float32, bfloat16 or float16, not '{name}'.") from None
-
-
-def load_lm_and_tokenizer(
-    name_or_path: str, *, revision: str | None = None, offline: bool = False, dtype: torch.dtype = torch.float32
-) -> tuple[Any, Any]:
-    """Load a Hugging Face causal LM and tokenizer; ``trust_remote_code`` stays off."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = Path(name_or_path).is_dir()
-    try:
-        tok = AutoTokenizer.from_pretrained(
-            name_or_path, revision=revision, local_files_only=offline or local, trust_remote_code=False
-        )
-        lm = AutoModelForCausalLM.from_pretrained(
-            name_or_path, revision=revision, local_files_only=offline or local, trust_remote_code=False, dtype=dtype
-        )
-    except (OSError, ValueError) as exc:
-        if offline and not local:
-            raise ModelLoadError(
-                f"LLM '{name_or_path}' is not in the local Hugging Face cache and offline = true; download it once "
-                f"with `hf download {name_or_path}` (or point lm.name_or_path at a local folder)."
-            ) from None
-        raise ModelLoadError(f"could not load LLM '{name_or_path}': {str(exc).splitlines()[0]}") from None
-    lm.eval()
-    return lm, tok
 
 
 def model_cfg_for(preset: str | None = None, checkpoint: str | None = None) -> tuple[ModelCfg, str | None]:
@@ -80,6 +57,7 @@ def create_model(
     device: str | torch.device = "cpu",
     with_vision: bool = True,
     cache_dir: str | None = None,
+    lm_cache_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Any:
     """Build a ready-to-score :class:`PMLLM`.
@@ -90,6 +68,7 @@ def create_model(
         offline: never touch the network; missing weights raise ModelLoadError naming what to download.
         device: torch device for the LLM (and the torch vision tower).
         with_vision: also build the torch vision tower (not needed when ONNX vision is used).
+        lm_cache_dir: where a GGUF LLM's safetensors conversion is cached (default ~/.cache/pmllm-batch).
         overrides: nested dict merged into the architecture config before building (e.g. fusion gate).
     """
     from pmllm_batch.model.pmllm import PMLLM
@@ -104,6 +83,10 @@ def create_model(
             else:
                 merged[section] = values
         cfg = ModelCfg.from_dict(merged)
+    missing = missing_weights(cfg, cache_dir=cache_dir, with_vision=with_vision)
+    if missing and (offline or not hub_reachable()):
+        reason = "offline = true" if offline else "the Hugging Face hub cannot be reached"
+        raise ModelLoadError(missing_sentence(missing, reason))
     dev = torch.device(device)
     # cfg keeps ``pkg:`` paths as written (the fingerprint must not depend on where the package is installed)
     vision_cfg = ModelCfg.from_dict(cfg.to_dict()).vision
@@ -113,7 +96,14 @@ def create_model(
     d_vis = tower.width
     torch_tower: VisionTower | None = tower if with_vision else None
     lm_path = resolve_path(cfg.lm.name_or_path) or cfg.lm.name_or_path
-    lm, tok = load_lm_and_tokenizer(lm_path, revision=cfg.lm.revision, offline=offline, dtype=_dtype(cfg.lm.dtype, dev))
+    lm, tok = load_lm_and_tokenizer(
+        lm_path,
+        revision=cfg.lm.revision,
+        offline=offline,
+        dtype=_dtype(cfg.lm.dtype, dev),
+        gguf=cfg.lm.gguf,
+        cache_root=lm_cache_dir,
+    )
     lm.to(dev)
     if torch_tower is not None:
         torch_tower.to(dev)

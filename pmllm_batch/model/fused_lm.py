@@ -110,6 +110,7 @@ class FusedLM(nn.Module):
         num_heads: fusion cross-attention heads (default: the LLM's attention heads).
         gate: "selective" or "open".
         decoder_layers_path: explicit dotted path of the decoder ModuleList.
+        width: inner width of the fusion cross-attention (default: the LLM's hidden width).
     """
 
     lm: Any  # a Hugging Face *ForCausalLM (attributes are dynamic for type checkers)
@@ -121,6 +122,7 @@ class FusedLM(nn.Module):
         num_heads: int | None = None,
         gate: str = "selective",
         decoder_layers_path: str | None = None,
+        width: int | None = None,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -135,7 +137,7 @@ class FusedLM(nn.Module):
         self._state = _Conditioning()
         self.fusion_blocks = nn.ModuleDict()
         for i in sorted(layer_ids):
-            block = SelectiveFusionBlock(dim, heads, gate)
+            block = SelectiveFusionBlock(dim, heads, gate, width=width)
             # one owner per module: the ModuleDict owns the block; the wrapper only references it
             self.fusion_blocks[str(i)] = block
             layers[i] = FusedDecoderLayer(layers[i], block, self._state)

@@ -28,19 +28,21 @@ class SelectiveFusionBlock(nn.Module):
 
     Args:
         dim: LLM hidden width D.
-        num_heads: cross-attention heads (D must be divisible by it).
+        num_heads: cross-attention heads (the inner width must be divisible by it).
         gate: ``"selective"`` (sigmoid gate from LN(h)) or ``"open"`` (gate fixed to 1, a control).
+        width: inner width of queries, keys and values (default D); narrower makes a smaller, faster adapter.
     """
 
-    def __init__(self, dim: int, num_heads: int, gate: str = "selective") -> None:
+    def __init__(self, dim: int, num_heads: int, gate: str = "selective", width: int | None = None) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"fusion width {dim} is not divisible by {num_heads} heads")
-        self.dim, self.num_heads, self.gate_mode = dim, num_heads, gate
+        inner = int(width or dim)
+        if inner % num_heads:
+            raise ValueError(f"fusion width {inner} is not divisible by {num_heads} heads")
+        self.dim, self.inner, self.num_heads, self.gate_mode = dim, inner, num_heads, gate
         self.norm = nn.LayerNorm(dim)
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
         self.to_gate = nn.Linear(dim, dim)
         nn.init.zeros_(self.to_out.weight)  # identity at initialisation
 
@@ -55,7 +57,8 @@ class SelectiveFusionBlock(nn.Module):
         Returns:
             shape (B, T, D).
         """
-        b, t, d = hidden.shape
+        b, t, _ = hidden.shape
+        d = self.inner
         # The block keeps its own dtype (fp32 for training) even inside a bf16/fp16 LLM.
         out_dtype = hidden.dtype
         hidden = hidden.to(self.norm.weight.dtype)

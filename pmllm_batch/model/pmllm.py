@@ -90,7 +90,12 @@ class PMLLM(nn.Module):
         self.d_vis = tower.width if tower is not None else int(d_vis or 0)
         self.projector = build_projector(cfg.projector_type, self.d_vis, d_lm)
         self.fused = FusedLM(
-            lm, cfg.fusion.layer_ids, cfg.fusion.num_heads, cfg.fusion.gate, cfg.lm.decoder_layers_path
+            lm,
+            cfg.fusion.layer_ids,
+            cfg.fusion.num_heads,
+            cfg.fusion.gate,
+            cfg.lm.decoder_layers_path,
+            width=cfg.fusion.width,
         )
         ids = level_token_ids(tokenizer, cfg.readout.levels)
         self.register_buffer("level_ids", torch.tensor(ids), persistent=False)
@@ -213,6 +218,12 @@ class PMLLM(nn.Module):
         self._base[0](input_ids=ids, use_cache=True, **{self._cache_kw: cache})
         kv = [(k.detach(), v.detach()) for k, v in _cache_tensors(cache)]
         return PrefixState(prompt, kv, persona)
+
+    def fusion_untrained(self) -> bool:
+        """True when every fusion output projection is zero (fresh, never-trained fusion): the image then cannot
+        change a score, so every photo would get the same one."""
+        outs = [m.weight for name, m in self.fused.fusion_blocks.named_modules() if name.endswith("to_out")]
+        return all(not bool(w.any()) for w in outs)
 
     def score_logits_cached(self, prefixes: list[PrefixState], visual: torch.Tensor | None) -> tuple[
         torch.Tensor, ScoreOutput

@@ -39,15 +39,16 @@ def is_preset_file(name: str) -> bool:
     return name.endswith(".json") or "/" in name or name.startswith("~")
 
 
-def _relative_to(value: Any, base: Path) -> Any:
-    if not isinstance(value, str) or not value or value.startswith("pkg:") or "://" in value:
+def _relative_to(value: Any, base: Path, *, always_local: bool = False) -> Any:
+    """A path in a preset file, made absolute against the file's folder (hub ids stay as they are)."""
+    if not isinstance(value, str) or not value or value.startswith(("pkg:", "py:")) or "://" in value:
         return value
     p = Path(value).expanduser()
     if p.is_absolute():
         return str(p)
-    if value.startswith(("./", "../")) or (base / p).exists():
+    if always_local or value.startswith(("./", "../")) or (base / p).exists():
         return str((base / p).resolve())
-    return value  # a hub id such as "Qwen/Qwen2.5-0.5B-Instruct"
+    return value  # an LLM hub id such as "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 def load_preset_file(path: str | Path) -> dict[str, Any]:
@@ -67,18 +68,20 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"preset file {p} is not readable JSON: {exc}.") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ConfigError(f"preset file {p} needs a \"model\" object (see pmllm_batch/model/model_configs/).")
+        raise ConfigError(f'preset file {p} needs a "model" object (see pmllm_batch/model/model_configs/).')
     base = p.resolve().parent
     model = data["model"]
     model.setdefault("name", p.stem)
     vision = model.get("vision") or {}
     if "checkpoint" in vision:
-        vision["checkpoint"] = _relative_to(vision["checkpoint"], base)
+        vision["checkpoint"] = _relative_to(vision["checkpoint"], base, always_local=True)
     lm = model.get("lm") or {}
     if "name_or_path" in lm:
         lm["name_or_path"] = _relative_to(lm["name_or_path"], base)
+    if lm.get("gguf"):
+        lm["gguf"] = _relative_to(lm["gguf"], base, always_local=True)
     if data.get("adapter"):
-        data["adapter"] = _relative_to(data["adapter"], base)
+        data["adapter"] = _relative_to(data["adapter"], base, always_local=True)
     return data
 
 

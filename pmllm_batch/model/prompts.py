@@ -6,21 +6,46 @@ descriptive word (``curious``, ``reserved`` …) next to its number, because a w
 
 The prompt is the LLM's own chat template when it has one (persona as the system message, or folded
 into the user turn for templates without a system role) and the paper's question. Everything before
-``<image>`` is the *prefix*: it depends on the profile only and is cached once per profile; the
-*suffix* (from ``<image>`` to the answer position) is the same for every profile and image. The suffix
+the image tag is the *prefix*: it depends on the profile only and is cached once per profile; the
+*suffix* (from the image tag to the answer position) is the same for every profile and image. The suffix
 is the only part run per (image, profile) pair, so nothing that does not depend on the image comes
-after the tag: the answer instruction precedes the question (our choice; the paper gives only the question).
+after the tag: the answer instruction and the whole question text precede it, and the image closes the
+user turn (our choice; the paper puts ``<image>image</image>`` inside its question). The suffix is then
+the image token plus the template's answer header: 4 tokens with the demo tokenizer, 7 with SmolLM2's.
+
+The tag is written ``<image>`` in the prompt text (a position marker); the LLM reads it as the one word
+:data:`IMAGE_WORD` ("image", a single token in byte-level BPE vocabularies and in the demo's), because the
+three tokens ``<``, ``image``, ``>`` would triple the image's share of the per-pair suffix.
+
+Persona styles (:func:`render_persona`): ``standard`` (the wording training sees), ``paraphrase`` (the same
+facts in other words, for robustness checks only) and ``notes`` (the same facts as a first-person
+self-description in the free-text notes field). ``fields`` renders only some profile fields (coarse profiles).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pmllm_batch.profiles import BIG_FIVE, Profile
 
 IMAGE_TAG = "<image>"
-QUESTION = "Rate the aesthetics of this <image>image</image> based on the persona you are embodying."
+IMAGE_WORD = "image"  # what the LLM reads at the tag: one token
+QUESTION = "Rate the aesthetics of this image based on the persona you are embodying."
+PERSONA_STYLES = ("standard", "paraphrase", "notes")
+PROFILE_FIELDS = (
+    "age",
+    "gender",
+    "nationality",
+    "education",
+    "art_experience",
+    "photography_experience",
+    "big_five",
+    "art_interest",
+    "notes",
+)
 ANSWER_HINT = "Answer with one digit from 1 (poor) to 5 (excellent)."
 PLAIN_TEMPLATE = "{persona}\nUSER: {question}\nASSISTANT: Rating:"
 
@@ -55,8 +80,32 @@ def _interest_phrase(items: dict[str, float | str]) -> str:
     return "; ".join(parts)
 
 
-def render_persona(profile: Profile) -> str:
-    """Write a profile as a persona instruction. Every field is optional; absent ones are not mentioned."""
+def _only(profile: Profile, fields: Sequence[str] | None) -> Profile:
+    if fields is None:
+        return profile
+    unknown = sorted(set(fields) - set(PROFILE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {', '.join(unknown)}; known: {', '.join(PROFILE_FIELDS)}")
+    empty: dict[str, Any] = {"big_five": {}, "art_interest": {}}
+    dropped: dict[str, Any] = {f: empty.get(f) for f in PROFILE_FIELDS if f not in fields}
+    return dataclasses.replace(profile, **dropped)
+
+
+def render_persona(profile: Profile, style: str = "standard", fields: Sequence[str] | None = None) -> str:
+    """Write a profile as a persona instruction. Every field is optional; absent ones are not mentioned.
+
+    Args:
+        profile: the person.
+        style: ``standard`` (training wording), ``paraphrase`` or ``notes`` (see the module doc).
+        fields: render only these fields (names from :data:`PROFILE_FIELDS`); None = all.
+    """
+    profile = _only(profile, fields)
+    if style == "paraphrase":
+        return _paraphrase(profile)
+    if style == "notes":
+        return _as_notes(profile)
+    if style != "standard":
+        raise ValueError(f"persona style must be one of {', '.join(PERSONA_STYLES)}, not {style!r}")
     facts: list[str] = []
     if profile.age is not None:
         facts.append(f"age {profile.age} years" if isinstance(profile.age, int) else f"age group {profile.age} years")
@@ -85,6 +134,85 @@ def render_persona(profile: Profile) -> str:
     return " ".join(lines)
 
 
+# A second wording of the same facts, never used in training (robustness evaluation only).
+_PARA_TRAITS = {
+    "openness": ("traditional", "open-minded"),
+    "conscientiousness": ("easygoing", "disciplined"),
+    "extraversion": ("quiet", "sociable"),
+    "agreeableness": ("demanding", "kind"),
+    "neuroticism": ("relaxed", "nervous"),
+}
+
+
+def _paraphrase(profile: Profile) -> str:
+    parts: list[str] = []
+    if profile.age is not None:
+        parts.append(f"I am {profile.age} years old" if isinstance(profile.age, int) else f"my age is {profile.age}")
+    if profile.gender:
+        parts.append(f"I am {profile.gender}")
+    if profile.nationality:
+        parts.append(f"I come from a {profile.nationality} background")
+    if profile.education:
+        parts.append(f"my schooling is {profile.education}")
+    if profile.art_experience:
+        parts.append(f"my knowledge of art is {profile.art_experience}")
+    if profile.photography_experience:
+        parts.append(f"as a photographer I am {profile.photography_experience}")
+    if profile.big_five:
+        for t in BIG_FIVE:
+            if t in profile.big_five:
+                v = profile.big_five[t]
+                low, high = _PARA_TRAITS[t]
+                word = low if v <= 3 else high if v >= 8 else f"fairly {low if v < 5.5 else high}"
+                parts.append(f"people call me {word} ({t} {v:g}/10)")
+    if profile.art_interest:
+        parts.append("my interest in art: " + _interest_phrase(profile.art_interest))
+    text = "Imagine you are the following viewer of photos. " + ("; ".join(parts) if parts else "Nothing is known")
+    if profile.notes:
+        text += ". In my words: " + profile.notes.strip()
+    return text + ". Give ratings the way this viewer would."
+
+
+# What each trait means for the synthetic task's hidden preference, said the way a person would say it.
+_NOTE_PHRASES = {
+    "openness": ("I prefer muted, natural colours", "I love vivid, saturated colour"),
+    "extraversion": ("I like dark, moody light", "I like bright, sunny pictures"),
+    "conscientiousness": ("I do not mind a loose composition", "I want tidy, well-ordered pictures"),
+    "agreeableness": ("I am a harsh critic", "I am easy to please"),
+    "neuroticism": ("clutter does not bother me", "busy, cluttered pictures make me uneasy"),
+}
+_NOTE_PHOTO = {
+    "beginner": "I am new to photography",
+    "competent": "I take photos as a hobby",
+    "proficient": "I am a skilled photographer, blur and grain bother me",
+    "expert": "I am a seasoned photographer, blur and grain bother me a lot",
+}
+
+
+def _as_notes(profile: Profile) -> str:
+    sentences: list[str] = []
+    if profile.age is not None:
+        sentences.append(f"I am {profile.age}" + (" years old" if isinstance(profile.age, int) else ""))
+    if profile.gender:
+        sentences.append(f"I am {profile.gender}")
+    if profile.photography_experience:
+        sentences.append(_NOTE_PHOTO.get(profile.photography_experience.lower(), "photography is part of my life"))
+    if profile.art_experience:
+        sentences.append(f"my art experience is {profile.art_experience}")
+    for t in BIG_FIVE:
+        if profile.big_five and t in profile.big_five:
+            v = profile.big_five[t]
+            if v <= 4 or v >= 7:
+                sentences.append(_NOTE_PHRASES[t][int(v >= 7)])
+    if profile.notes:
+        sentences.append(profile.notes.strip().rstrip("."))
+    notes = "; ".join(sentences) if sentences else "I have nothing to say about myself"
+    return (
+        f"You are a person who rates photographs. About you: no personal details are known. Notes: {notes}. "
+        "Judge every photo as this person would."
+    )
+
+
 @dataclass(frozen=True)
 class PromptTokens:
     """Token ids of one prompt. ``prefix_ids`` end right before the image tag."""
@@ -103,15 +231,15 @@ class PromptTokens:
 
 def attribute_question(attribute: str) -> str:
     """The paper's question, asked about one aesthetic attribute (PARA attribute ratings)."""
-    return f"Rate the {attribute} of this <image>image</image> based on the persona you are embodying."
+    return f"Rate the {attribute} of this image based on the persona you are embodying."
 
 
 def prompt_text(tokenizer: Any, persona: str, question: str | None = None) -> str:
     """The full prompt text for a persona (chat template when the tokenizer has one)."""
-    # The answer hint goes *before* the question: everything image-independent then sits in the cached
-    # prefix, and the per-(image, profile) suffix is only the rest of the question plus the answer header
-    # (17 tokens with the demo tokenizer instead of 32 with the hint after it): half the LLM work per pair.
-    user = f"{ANSWER_HINT} {question or QUESTION}"
+    # The answer hint and the whole question go *before* the image: everything image-independent then sits in
+    # the cached prefix, and the per-(image, profile) suffix is only the image token plus the answer header
+    # (4 tokens with the demo tokenizer, 7 with SmolLM2's; 18 with the question after the image).
+    user = f"{ANSWER_HINT} {question or QUESTION}\n{IMAGE_TAG}"
     if getattr(tokenizer, "chat_template", None):
         try:
             return str(
@@ -137,9 +265,9 @@ def build_prompt(tokenizer: Any, persona: str, question: str | None = None) -> P
     Both the cached path and the full-prompt path use exactly these ids, so they agree by construction.
     """
     text = prompt_text(tokenizer, persona, question)
-    cut = text.find(IMAGE_TAG)
+    cut = text.rfind(IMAGE_TAG)
     if cut < 0:
         raise ValueError("the prompt template dropped the image tag")
     prefix = tokenizer(text[:cut], add_special_tokens=False)["input_ids"]
-    suffix = tokenizer(text[cut:], add_special_tokens=False)["input_ids"]
+    suffix = tokenizer(IMAGE_WORD + text[cut + len(IMAGE_TAG) :], add_special_tokens=False)["input_ids"]
     return PromptTokens(list(prefix), list(suffix))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pmllm_batch.errors import UntrainedModelError
 from pmllm_batch.log import get_logger
 
 log = get_logger("models")
@@ -36,13 +38,27 @@ def load_models(settings: Any) -> LoadedModels:
         pass
     t0 = time.perf_counter()
     device = settings.resolved_device()
+    m = settings.model
+    overrides: dict[str, Any] = {}
+    if m.vision_checkpoint:
+        overrides["vision"] = {"checkpoint": str(Path(m.vision_checkpoint).expanduser())}
+    if m.lm_path:
+        overrides["lm"] = {"name_or_path": str(Path(m.lm_path).expanduser())}
     model = create_model(
-        settings.model.preset,
-        settings.model.checkpoint or None,
-        offline=settings.model.offline,
+        m.preset,
+        m.checkpoint or None,
+        offline=m.offline,
         device=device,
         with_vision=True,
+        lm_cache_dir=str(settings.cache_dir()),
+        overrides=overrides or None,
     )
+    if model.fusion_untrained() and not m.allow_untrained:
+        raise UntrainedModelError(
+            f"the {model.cfg.name} model's fusion modules were never trained, so every photo would get the same "
+            "score; load a trained adapter (--checkpoint DIR or [model] checkpoint, e.g. from `pmllm-batch train`) "
+            "or pass --allow-untrained for benchmarks."
+        )
     vision = load_vision_runner(
         model,
         fingerprint=fingerprint(model),

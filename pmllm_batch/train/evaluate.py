@@ -15,6 +15,7 @@ A claim that the profile matters is only made when real profiles beat ``neutral`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,20 @@ from pmllm_batch.train.features import image_features
 from pmllm_batch.train.metrics import evaluate_predictions
 
 
-def personas_for(dataset: RatingDataset, control: str, seed: int = 0) -> dict[str, str]:
+def personas_for(
+    dataset: RatingDataset,
+    control: str,
+    seed: int = 0,
+    *,
+    style: str = "standard",
+    fields: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Each test user's persona text under a control; ``style``/``fields`` change how real profiles are written."""
     users = sorted(dataset.profiles)
+
+    def render(profile: Any) -> str:
+        return render_persona(profile, style=style, fields=fields)
+
     if control == "neutral":
         return dict.fromkeys(users, render_persona(NEUTRAL_PROFILE))
     if control == "no-profile":
@@ -40,11 +53,8 @@ def personas_for(dataset: RatingDataset, control: str, seed: int = 0) -> dict[st
     if control == "shuffled" and len(users) > 1:
         perm = np.random.default_rng(seed).permutation(len(users))
         # user perm[i] gets the profile of user perm[i+1]: a derangement, nobody keeps their own
-        return {
-            users[perm[i]]: render_persona(dataset.profiles[users[perm[(i + 1) % len(users)]]])
-            for i in range(len(users))
-        }
-    return {u: render_persona(dataset.profiles[u]) for u in users}
+        return {users[perm[i]]: render(dataset.profiles[users[perm[(i + 1) % len(users)]]]) for i in range(len(users))}
+    return {u: render(dataset.profiles[u]) for u in users}
 
 
 @torch.no_grad()
@@ -55,13 +65,16 @@ def predict(
     seed: int = 0,
     batch: int = 64,
     features: tuple[dict[Path, int], torch.Tensor] | None = None,
+    *,
+    style: str = "standard",
+    fields: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predicted and true ratings for every (user, image) pair, through the prefix-cached path."""
     if control not in CONTROLS:
         raise UserError(f"unknown control '{control}'; choose one of {', '.join(CONTROLS)}.")
     model.eval()
     index, feats = features or image_features(model, dataset)
-    personas = personas_for(dataset, control, seed)
+    personas = personas_for(dataset, control, seed, style=style, fields=fields)
     by_user: dict[str, list[int]] = {}
     for i, s in enumerate(dataset.samples):
         by_user.setdefault(s.user_id, []).append(i)
@@ -96,10 +109,19 @@ def evaluate(
     n_boot: int = 1000,
     out_dir: str | Path | None = None,
     features: Any = None,
+    style: str = "standard",
+    fields: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    pred, target, users = predict(model, dataset, control, seed, features=features)
+    pred, target, users = predict(model, dataset, control, seed, features=features, style=style, fields=fields)
     result = evaluate_predictions(pred, target, users.tolist(), n_boot=n_boot, seed=seed)
-    result = {**result, "control": control, "dataset": dataset.name, "demo": bool(model.cfg.demo)}
+    result = {
+        **result,
+        "control": control,
+        "persona_style": style,
+        "profile_fields": list(fields) if fields is not None else None,
+        "dataset": dataset.name,
+        "demo": bool(model.cfg.demo),
+    }
     if out_dir is not None:
         write_report(result, pred, target, users, Path(out_dir))
     return result

@@ -7,7 +7,7 @@ loss curve continues unchanged (tested).
 Tasks:
 * ``overall``: the paper's question, soft targets over neighbouring rating levels.
 * ``attributes``: PARA attribute ratings, one question per attribute (same readout).
-* captions: when samples carry captions, an auxiliary next-token loss on "Describe this <image>…"
+* captions: when samples carry captions, an auxiliary next-token loss on "Describe this image …"
   answers (image description task).
 """
 
@@ -34,7 +34,7 @@ from pmllm_batch.train.features import image_features
 
 log = get_logger("train")
 
-CAPTION_QUESTION = "Describe this <image>image</image> as the persona you are embodying would."
+CAPTION_QUESTION = "Describe this image as the persona you are embodying would."
 ATTRIBUTE_NAMES = {
     "qualityScore": "technical quality",
     "compositionScore": "composition",

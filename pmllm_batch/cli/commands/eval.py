@@ -13,24 +13,50 @@ from . import positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pmllm_batch.model.prompts import PERSONA_STYLES, PROFILE_FIELDS
     from pmllm_batch.train import CONTROLS
 
     p = subparsers.add_parser(
         "eval",
         help="zero-shot evaluation (SROCC/PLCC pooled and per user) on a fold's test users",
         description="Score every (test user, image) pair of fold K with the adapter and report SROCC and PLCC, "
-        "pooled and per user (mean ± std, bootstrap 95%% CI). Writes metrics.json, report.md and eval.png.",
+        "pooled and per user (mean ± std, bootstrap 95% CI). Writes metrics.json, report.md and eval.png.",
     )
     p.add_argument("--checkpoint", required=True, help="adapter folder, or a `train --out` folder")
-    p.add_argument("--dataset", choices=("para", "lapis", "synthetic"), required=True)
-    p.add_argument("--root", required=True)
-    p.add_argument("--fold", type=positive_int, default=1)
-    p.add_argument("--split", choices=("test", "train", "all"), default="test")
-    p.add_argument("--control", choices=CONTROLS, default="none")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", choices=("para", "lapis", "synthetic"), required=True, help="dataset layout")
+    p.add_argument("--root", required=True, help="dataset root folder (public layout)")
+    p.add_argument("--fold", type=positive_int, default=1, help="user fold whose test users are scored (default 1)")
+    p.add_argument("--split", choices=("test", "train", "all"), default="test",
+                   help="which users of the fold (default: test, never seen in training)")
+    p.add_argument("--control", choices=CONTROLS, default="none", help="a control arm (default: none, the real model)")
+    p.add_argument(
+        "--persona-style",
+        choices=PERSONA_STYLES,
+        default="standard",
+        help="how profiles are written: standard (training wording), paraphrase (same facts, other words), "
+        "notes (same facts as a free-text self-description)",
+    )
+    p.add_argument(
+        "--profile-fields",
+        type=_fields,
+        help=f"render only these profile fields (comma list of {', '.join(PROFILE_FIELDS)}): coarse profiles",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the shuffled control")
     p.add_argument("--out", help="report folder (default: CHECKPOINT/eval-<dataset>-fold<K>-<control>)")
     p.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     p.set_defaults(func=run)
+
+
+def _fields(text: str) -> list[str]:
+    from pmllm_batch.model.prompts import PROFILE_FIELDS
+
+    fields = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in fields if f not in PROFILE_FIELDS]
+    if bad or not fields:
+        raise argparse.ArgumentTypeError(
+            f"unknown profile field(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PROFILE_FIELDS)}"
+        )
+    return fields
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,9 +68,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if (ckpt / "adapter").is_dir():
         ckpt = ckpt / "adapter"
     ds = load_dataset(args.dataset, Path(args.root), fold=args.fold, split=args.split, seed=args.seed)
-    model = create_model(None, str(ckpt), offline=settings.model.offline, device=settings.resolved_device())
+    model = create_model(
+        None,
+        str(ckpt),
+        offline=settings.model.offline,
+        device=settings.resolved_device(),
+        lm_cache_dir=str(settings.cache_dir()),
+    )
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval-{args.dataset}-fold{args.fold}-{args.control}"
-    result = evaluate(model, ds, args.control, seed=args.seed, out_dir=out)
+    result = evaluate(
+        model, ds, args.control, seed=args.seed, out_dir=out, style=args.persona_style, fields=args.profile_fields
+    )
     result["skipped_missing_images"] = ds.skipped_missing_images
     result["report"] = str(out)
     if args.json:

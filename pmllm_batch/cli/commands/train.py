@@ -24,18 +24,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training users of fold K; the test users of that fold are never seen. Checkpoints go to "
         "OUT/checkpoints/last (resumed automatically), the final adapter to OUT/adapter.",
     )
-    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--dataset", choices=DATASETS, required=True,
+                   help="dataset layout: para, lapis, or synthetic (rendered images with a known rating function)")
     p.add_argument("--root", required=True, help="dataset root (public layout; `synthetic` is made here if empty)")
     p.add_argument("--fold", type=positive_int, default=1, help="user fold (userset files or seeded split)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=positive_int, default=1000)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--grad-accum", type=positive_int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="(user, image) pairs per step (default %(default)s)")
+    p.add_argument("--grad-accum", type=positive_int, default=1,
+                   help="batches whose gradients are summed before each step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--tasks", default="overall", help="comma list: overall, attributes (PARA)")
     p.add_argument("--captions", help="CSV image,caption: adds the image-description task")
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--checkpoint-every", type=int, default=200,
+                   help="steps between resumable checkpoints in OUT/checkpoints/last (default %(default)s)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
     p.add_argument("--init", help="adapter folder to start from (default: fresh, zero-initialised fusion)")
     p.add_argument("--threads", type=int, default=0,
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = create_model(settings.model.preset, args.init or "none", offline=settings.model.offline,
-                         device=settings.resolved_device())
+                         device=settings.resolved_device(), lm_cache_dir=str(settings.cache_dir()))
     cfg = TrainCfg(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                    seed=args.seed, tasks=tasks, checkpoint_every=args.checkpoint_every)
     trainer = Trainer(model, ds, args.out, cfg)
