@@ -53,9 +53,12 @@ def _minimum(value: float) -> dict[str, Any]:
 class ModelSettings:
     """[model]: which P-MLLM to run and where."""
 
-    preset: str = "demo"  # architecture preset (model_configs/<name>.json)
+    preset: str = "demo"  # shipped preset name (model_configs/<name>.json) or the path of a preset .json
     checkpoint: str = ""  # adapter folder; "" = the preset's default weights
+    vision_checkpoint: str = ""  # local vision-tower weights file; "" = the preset's (open_clip tag / shipped)
+    lm_path: str = ""  # local Hugging Face LLM folder; "" = the preset's (hub id via the HF cache / GGUF)
     offline: bool = False  # never download; missing weights are an error
+    allow_untrained: bool = False  # score even with fusion that was never trained (benchmarks only)
     device: str = field(default="auto", metadata={"pattern": _DEVICE_RE, "expected": "auto, cpu, cuda, cuda:N or mps"})
 
 
@@ -115,6 +118,43 @@ class PathsSettings:
     cache_dir: str = ""  # "" = $XDG_CACHE_HOME/pmllm-batch or ~/.cache/pmllm-batch
 
 
+@dataclass(frozen=True)
+class XmpSettings:
+    """[xmp]: star ratings and keywords in XMP sidecars (``pmllm-batch xmp``; the daemon when ``profile`` is set).
+
+    A photo's stars come from its rank percentile in that person's ranking: the best ``stars_5`` percent get 5 stars,
+    the next ``stars_4`` percent 4, and so on (the shares must add up to 100).
+    """
+
+    profile: str = ""  # whose stars the daemon keeps in sidecars; "" = the daemon writes no sidecars
+    naming: str = field(default="append", metadata=_choices("append", "replace"))  # photo.jpg.xmp | photo.xmp
+    overwrite_ratings: bool = False  # the daemon may replace a rating the user changed in their app
+    stars_5: float = field(default=10.0, metadata=_minimum(0))  # percent of the ranking, best first
+    stars_4: float = field(default=20.0, metadata=_minimum(0))
+    stars_3: float = field(default=40.0, metadata=_minimum(0))
+    stars_2: float = field(default=20.0, metadata=_minimum(0))
+    stars_1: float = field(default=10.0, metadata=_minimum(0))
+
+    def __post_init__(self) -> None:
+        total = self.stars_5 + self.stars_4 + self.stars_3 + self.stars_2 + self.stars_1
+        if abs(total - 100.0) > 1e-6:
+            raise ConfigError(
+                f"[xmp] stars_5 + stars_4 + stars_3 + stars_2 + stars_1 must add up to 100 percent (got {total:g})."
+            )
+
+    def star_shares(self) -> tuple[float, float, float, float, float]:
+        """Percent of a ranking for 5, 4, 3, 2 and 1 stars, in that order."""
+        return (self.stars_5, self.stars_4, self.stars_3, self.stars_2, self.stars_1)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """[report]: the static gallery (``pmllm-batch report``)."""
+
+    top: int = field(default=24, metadata=_minimum(1))  # photos per person
+    thumb_size: int = field(default=320, metadata=_minimum(32))  # longest thumbnail side, pixels
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "vision": VisionSettings,
@@ -123,6 +163,8 @@ SECTIONS: dict[str, type] = {
     "score": ScoreSettings,
     "watch": WatchSettings,
     "paths": PathsSettings,
+    "xmp": XmpSettings,
+    "report": ReportSettings,
 }
 
 
@@ -137,6 +179,8 @@ class Settings:
     score: ScoreSettings = field(default_factory=ScoreSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     paths: PathsSettings = field(default_factory=PathsSettings)
+    xmp: XmpSettings = field(default_factory=XmpSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     # HOME / XDG_* as seen by load_config, so the path helpers agree with the lookup; None = os.environ.
     environ: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 

@@ -23,10 +23,24 @@ class ModelLoadError(UserError):
     exit_code = 3
 
 
+class UntrainedModelError(ModelLoadError):
+    """The fusion modules were never trained: every photo would get the same score. Exit code 3."""
+
+
 class DBAccessError(UserError):
     """The database cannot be opened or written."""
 
     exit_code = 4
+
+
+class DBUnavailableError(DBAccessError):
+    """The database is usable but not right now: its server is unreachable, or its disk is full.
+
+    Exit code 75 (``EX_TEMPFAIL``): trying again later can work, so a service manager should restart the daemon
+    (the README's systemd unit prevents restarts only for 2, 3 and 4).
+    """
+
+    exit_code = 75
 
 
 class DatasetError(UserError):

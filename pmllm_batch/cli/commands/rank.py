@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from pmllm_batch.config import Settings
 
-from . import positive_int
+from . import positive_int, summary_line
 
 DEMO_NOTE = "demo model: these scores show the mechanism on a synthetic task, not real aesthetic judgement"
 
@@ -24,18 +26,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="photo folder(s)")
     parser.add_argument("--profile", action="append", metavar="NAME", help="only these profiles (repeatable)")
     parser.add_argument("--top", type=positive_int, default=10, help="photos to print per profile (default 10)")
+    parser.add_argument("--checkpoint", metavar="DIR",
+                        help="adapter folder to score with (overrides model.checkpoint), e.g. a `train --out` DIR")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="score even with fusion that was never trained (every photo alike): benchmarks only")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines: one object per profile ranking, then one summary object")
     parser.set_defaults(func=run)
 
 
 def _summary_line(s: dict[str, Any]) -> str:
-    return (f"scanned {s['scanned']} files: {s['new']} new, {s['changed']} changed, {s['skipped']} unchanged, "
-            f"{s['missing']} missing, {s['failed']} failed; vision encodes {s['encoded']}; "
-            f"scored {s['scored']} (photo, profile) pairs in {s['elapsed_s']:.1f}s")
+    return summary_line(s)
+
+
+def with_model_options(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``--checkpoint`` / ``--allow-untrained`` as [model] overrides (a `train --out` folder means its adapter/)."""
+    changes: dict[str, Any] = {}
+    if getattr(args, "checkpoint", None):
+        ckpt = Path(args.checkpoint).expanduser()
+        changes["checkpoint"] = str(ckpt / "adapter" if (ckpt / "adapter").is_dir() else ckpt)
+    if getattr(args, "allow_untrained", False):
+        changes["allow_untrained"] = True
+    return dataclasses.replace(settings, model=dataclasses.replace(settings.model, **changes)) if changes else settings
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = with_model_options(args, settings)
     from pmllm_batch.db import Store
     from pmllm_batch.scorer.batch import LibraryScorer
 
@@ -44,13 +60,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         summary = scorer.run(args.paths, args.profile)
         names = args.profile or [p.name for p in store.list_profiles()]
         rankings = {n: store.ranking(n, top=args.top) for n in names}
-        demo = scorer.models.loaded and bool(scorer.models.get().model.cfg.demo)
+        demo = summary.demo  # also when nothing loaded: the model is known from an earlier run
     s = summary.to_dict()
     if args.json:
         for name, rows in rankings.items():
             print(json.dumps({"profile": name, "top": [r.__dict__ for r in rows]}))
         print(json.dumps({**s, "demo": demo}))
         return 0
+    if args.quiet:
+        return 0  # -q: nothing on success (the rankings stay in the database: export, status, report)
     out = sys.stdout
     if demo:
         out.write(f"note: {DEMO_NOTE}\n")
