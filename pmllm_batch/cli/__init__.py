@@ -11,7 +11,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pmllm_batch.cli.app import PROG, build_parser, overrides_from_args
+from pmllm_batch.cli.app import (
+    NO_DB_COMMANDS,
+    PROG,
+    build_parser,
+    check_db_location,
+    creates_db,
+    overrides_from_args,
+)
 from pmllm_batch.config import load_config
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger, setup_logging
@@ -49,13 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Loaded after logging is set up (beets holds config errors back for the same reason), exactly once.
         settings = load_config(args.config, overrides=overrides_from_args(args))
+        if args.command not in NO_DB_COMMANDS:
+            check_db_location(args.db or settings.db.url, settings.db_url(), create=creates_db(args))
         return int(args.func(args, settings) or 0)
     except UserError as exc:
         log.debug("user error", exc_info=True)  # the traceback, for -vv only
         _print_error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A command that saved work says what (LibraryScorer: "the 40 pairs scored before it are saved ...").
+        detail = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        print(f"{PROG}: interrupted" + (f"; {detail}" if detail else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()

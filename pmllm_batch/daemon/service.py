@@ -12,7 +12,15 @@ Life of the service (everything here runs in the main thread; the observer threa
    re-reading profiles whenever :meth:`Store.profiles_version` changes (the library is scored for them from
    the visual-token cache, without vision), and unloading the models after ``idle_unload`` seconds idle;
 4. on SIGTERM/SIGINT: the scorer stops after its in-flight chunk (each chunk is one committed transaction), the
-   observer stops, the run is recorded, and the command exits 0. A second signal kills at once.
+   observer stops, the run is recorded, and the command exits 0. A chunk still running ``stop_grace_s`` seconds
+   after the signal is abandoned (its uncommitted pairs are redone by the next start), so the daemon is gone within
+   a few seconds whatever the chunk size. A second signal kills at once.
+
+A root that is not there (a NAS not mounted yet, an unplugged disk, or an empty mount point of a folder the database
+knows photos under) is not an error for the daemon: it is logged, checked again with back-off (1 s, doubling, at
+most every :data:`ROOT_CHECK_MAX_S` seconds), and scanned once it appears; its rows are left as they are meanwhile.
+Only mistakes a restart cannot fix exit 2 (a root that is a file, an unknown ``--profile``). With ``--once`` a
+missing root is an error, and files still inside the settle window are waited for instead of skipped.
 
 One log line per batch says what happened. ``pmllm-batch status`` works from another shell at any time (WAL).
 
@@ -33,9 +41,10 @@ from typing import Any
 
 from pmllm_batch.daemon.watcher import EVENT_FILTER, PhotoEventHandler, SettleTracker, watch_for_overflow
 from pmllm_batch.db.store import ProfileRow, Store
-from pmllm_batch.errors import DBAccessError, ProfileError, UserError
+from pmllm_batch.errors import DBAccessError, ProfileError
 from pmllm_batch.log import get_logger
 from pmllm_batch.scorer import LibraryScorer, ModelCache, RunSummary
+from pmllm_batch.scorer.batch import check_folder
 
 log = get_logger("daemon")
 
@@ -45,13 +54,26 @@ ENV_FORCE_NO_INOTIFY = "PMLLM_FORCE_NO_INOTIFY"
 _INOTIFY_LIMIT_ERRNOS = {errno.ENOSPC: "watch limit reached", errno.EMFILE: "instance limit reached",
                          errno.ENFILE: "too many open files", errno.ENOMEM: "out of kernel memory"}
 _HEALTH_EVERY_S = 5.0  # how often to check that the observer's threads are still alive
-_COUNTERS = ("scanned", "new", "changed", "skipped", "failed", "missing", "encoded", "scored")
+_COUNTERS = ("scanned", "new", "changed", "skipped", "failed", "missing", "encoded", "scored", "moved")
+STOP_GRACE_S = 3.0  # after SIGTERM, how long the in-flight chunk may take to commit before it is abandoned
+ROOT_CHECK_MAX_S = 60.0  # back-off ceiling between checks of a root that is not there
+ONCE_SETTLE_LIMIT_S = 30.0  # --once waits at most max(this, 10 x settle) for files that keep changing
+MAX_NAMED_FAILURES = 20  # failed files named in the log per batch
+
+
+class _StopNow(BaseException):
+    """Raised in the main thread when a stop request outlived its grace period (the chunk is abandoned)."""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _add(total: RunSummary, part: RunSummary) -> None:
     for name in _COUNTERS:
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.model = part.model or total.model
+    total.demo = part.demo or total.demo
 
 
 def _abs(path: str | Path) -> Path:
@@ -118,8 +140,15 @@ class WatchService:
         self._remove_overflow_listener: Callable[[], None] | None = None
         self._profiles: list[ProfileRow] = []
         self._profiles_version: str | None = None
-        self._model_id: int | None = None  # the model this process scores with, once it has been loaded
         self._missing_roots: set[Path] = set()
+        self._root_wait = 1.0  # seconds until the next check of a missing root (doubles up to ROOT_CHECK_MAX_S)
+        self._next_root_check = float("inf")
+        self.stop_grace_s = STOP_GRACE_S
+        self._main_ident: int | None = None  # the thread that handles signals (SIGUSR1 aborts its chunk)
+        self._abort_guard = threading.Lock()
+        self._abort_timer: threading.Timer | None = None
+        self._finishing = False
+        self._cut = False  # a chunk was abandoned after the grace period
         self._next_reconcile = float("inf")
         self._next_health = 0.0
         self.health_every_s = _HEALTH_EVERY_S
@@ -152,12 +181,30 @@ class WatchService:
         # A second signal must still work when a batch hangs: hand both back to their default behaviour.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        # A chunk that does not finish within the grace period is abandoned (nothing of it is committed yet).
+        timer = threading.Timer(self.stop_grace_s, self._abort_now)
+        timer.daemon = True
+        self._abort_timer = timer
+        timer.start()
+
+    def _abort_now(self) -> None:
+        # Timer thread: interrupt the main thread, which raises _StopNow at its next Python instruction.
+        with self._abort_guard:
+            if self._finishing or self._main_ident is None:
+                return
+            signal.pthread_kill(self._main_ident, signal.SIGUSR1)
+
+    def _on_abort(self, _signum: int, _frame: FrameType | None) -> None:
+        if not self._finishing and self._stop:
+            raise _StopNow()
 
     def _install_signal_handlers(self) -> None:
         if not self.install_signals or threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+        self._previous_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_abort)
+        self._main_ident = threading.get_ident()
 
     def _restore_signal_handlers(self) -> None:
         for sig, handler in self._previous_handlers.items():
@@ -177,11 +224,11 @@ class WatchService:
         """Run until stopped (or one reconcile with ``once``); returns the totals of everything done.
 
         Raises:
-            UserError: A root is not a folder, or a named profile does not exist.
+            UserError: A root is a file (or, with ``once``, missing), or a named profile does not exist.
         """
         for root in self.roots:
-            if not root.is_dir():
-                raise UserError(f"photo folder {root} does not exist or is not a folder.")
+            if self.once or root.exists():
+                check_folder(root, "watch")
         self._load_profiles(initial=True)
         run_id = self.store.start_run(
             "watch", {"roots": [str(r) for r in self.roots], "profiles": self.profile_names, "once": self.once}
@@ -193,6 +240,8 @@ class WatchService:
             if not self.once:
                 self._start_observer()
             self._reconcile("initial scan" if not self.once else "one-off scan")
+            if self.once:
+                self._finish_settling()
             interval = float(self.cfg.reconcile_interval)
             self._next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
             while not self.once and not self._stop:
@@ -201,10 +250,19 @@ class WatchService:
                     time.sleep(self.tick_s)
             # A signal is how a daemon is meant to end; only a cut-short one-off scan counts as interrupted.
             status = "interrupted" if self.once and self._stop else "ok"
+        except _StopNow:
+            self._cut = True
+            status = "interrupted" if self.once else "ok"
+            log.warning("the batch in flight did not finish within %gs of the stop request; it was abandoned, and "
+                        "the work it had not committed yet is redone by the next start", self.stop_grace_s)
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
+            with self._abort_guard:
+                self._finishing = True
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
             self._stop_observer()
             self._restore_signal_handlers()
             self.totals.interrupted = status == "interrupted"
@@ -212,7 +270,7 @@ class WatchService:
             self.totals.profiles = len(self._profiles)
             try:
                 self.store.finish_run(run_id, status, {**self.totals.to_dict(), "batches": self.batches,
-                                                       "mode": self.mode})
+                                                       "mode": self.mode, "abandoned_chunk": self._cut})
             except DBAccessError as exc:  # keep the error that stopped us, if any, as the one reported
                 log.warning("could not record the end of the watch run: %s", exc)
             if self._stop:
@@ -221,11 +279,37 @@ class WatchService:
                          self.totals.encoded, self.totals.scored)
         return self.totals
 
+    def _finish_settling(self) -> None:
+        """``--once``: files the scan found still changing (a copy in progress) are waited for, then read.
+
+        A file that keeps changing for longer than ``max(ONCE_SETTLE_LIMIT_S, 10 x settle)`` is left for the next run.
+        """
+        if not self.tracker.waiting:
+            return
+        settle = float(self.cfg.settle)
+        log.info("%s changed less than %.1fs ago; waiting for %s to settle",
+                 _plural(self.tracker.waiting, "file"), settle, "it" if self.tracker.waiting == 1 else "them")
+        limit = max(ONCE_SETTLE_LIMIT_S, 10 * settle)
+        deadline = time.monotonic() + limit
+        while self.tracker.waiting and not self._stop:
+            batch = self.tracker.take_batch()
+            if batch:
+                self._process_batch(batch)
+                continue
+            if time.monotonic() > deadline:
+                n = self.tracker.waiting
+                log.warning("%s still changing after %.0fs; left for the next run",
+                            "1 file was" if n == 1 else f"{n} files were", limit)
+                return
+            time.sleep(self.tick_s)
+
     def _tick(self) -> None:
         now = time.monotonic()
         if now >= self._next_health and not self.once:
             self._next_health = now + self.health_every_s
             self._check_observer()
+        if self._missing_roots and now >= self._next_root_check:
+            self._check_missing_roots()
         if self._rescan_reason is not None or now >= self._next_reconcile:
             reason = self._rescan_reason or "periodic"
             self._rescan_reason = None
@@ -292,36 +376,56 @@ class WatchService:
     # Work
     # -----------------------------------------------------------------------------------------------------------------
 
+    def _present(self, root: Path) -> bool:
+        """Is ``root`` there to be scanned? Not when it is absent, or an empty folder the database knows photos
+        under (the mount point of a disk that is not mounted: scanning it would mark the whole library missing)."""
+        if not root.is_dir():
+            return False
+        try:
+            with os.scandir(root) as entries:
+                empty = next(entries, None) is None
+        except OSError:
+            return False
+        if not empty:
+            return True
+        known = self.store.photo_index([str(root)])
+        return not any(rec.status != "missing" for rec in known.values())
+
     def _available_roots(self) -> list[Path]:
         roots = []
         for root in self.roots:
-            if root.is_dir():
+            if self._present(root):
                 if root in self._missing_roots:
                     self._missing_roots.discard(root)
-                    log.warning("photo folder %s is back", root)
+                    log.warning("photo folder %s is there now; scanning it", root)
                 roots.append(root)
             elif root not in self._missing_roots:
                 # An unmounted disk must not turn a whole library "missing"; its rows stay as they are.
                 self._missing_roots.add(root)
-                log.warning("photo folder %s is gone or unmounted; leaving its photos as they are", root)
+                what = "is empty although the database knows photos in it" if root.is_dir() else "is not there"
+                log.warning("photo folder %s %s (not mounted yet?); leaving its photos as they are and checking "
+                            "again in %.0fs, then less often (at most every %.0fs)",
+                            root, what, self._root_wait, ROOT_CHECK_MAX_S)
+                self._next_root_check = min(self._next_root_check, time.monotonic() + self._root_wait)
         return roots
 
-    def _needs_scoring(self) -> bool:
-        if not self._profiles:
-            return False
-        library = set(self.store.ok_hashes())
-        if not library:
-            return False  # an empty library needs no model
-        if self._model_id is None:
-            return True  # the model was never loaded here: only loading it says which scores count
-        return any(library - self.store.scored_hashes(p.id, self._model_id) for p in self._profiles)
+    def _check_missing_roots(self) -> None:
+        """Back-off check of roots that were not there: one that appeared gets a full scan (and its watch)."""
+        back = [r for r in sorted(self._missing_roots) if self._present(r)]
+        if back:
+            self._root_wait = 1.0
+            self.request_rescan(f"photo folder {', '.join(map(str, back))} appeared")
+        else:
+            self._root_wait = min(self._root_wait * 2, ROOT_CHECK_MAX_S)
+            log.debug("still not there: %s; next check in %.0fs", ", ".join(map(str, self._missing_roots)),
+                      self._root_wait)
+        self._next_root_check = time.monotonic() + self._root_wait if self._missing_roots else float("inf")
 
     def _score(self, summary: RunSummary) -> None:
-        if self._stop or not self._needs_scoring():
+        # The scorer loads the models only when a pair is left to score (or these settings never loaded them).
+        if self._stop or not self._profiles:
             return
         self.scorer.score_profiles(self._profiles, summary)
-        if summary.model:
-            self._model_id = self.store.current_model_id()
 
     def _reconcile(self, reason: str) -> None:
         """The source of truth: walk every root, read what changed, mark what is gone, score what is missing.
@@ -332,6 +436,8 @@ class WatchService:
         t0 = time.monotonic()
         roots = self._available_roots()
         summary = RunSummary(profiles=len(self._profiles))
+        if self._missing_roots:
+            self._next_root_check = min(self._next_root_check, time.monotonic() + self._root_wait)
         if roots:
             settling = self.scorer.sync(roots, summary, settle_s=float(self.cfg.settle))
             for path in settling:
@@ -368,13 +474,21 @@ class WatchService:
         self.batches += 1
         _add(self.totals, summary)
         head = f"{what} {self.batches}:" if what == "batch" else f"{what}:"
+        # "N files" and "N pairs" stay as they are whatever N: log readers parse this line (README, tests).
         counts = (f"{files} files, " if files is not None else "") + (
             f"{summary.new} new, {summary.changed} changed, {summary.missing} missing, {summary.failed} failed; "
-            f"vision {summary.encoded}; scored {summary.scored} pairs for {len(self._profiles)} profiles "
+            f"vision {summary.encoded}; scored {summary.scored} pairs for {_plural(len(self._profiles), 'profile')} "
             f"in {elapsed:.2f}s"
         )
+        moved = f"; {summary.moved} moved or renamed (scores kept)" if summary.moved else ""
         cut = " (stopped mid-way; the rest is picked up by the next scan)" if self._stop else ""
-        log.info("%s %s%s", head, counts, cut)
+        log.info("%s %s%s%s", head, counts, moved, cut)
+        fresh = summary.fresh_failures
+        for item in fresh[:MAX_NAMED_FAILURES]:
+            log.warning("failed: %s: %s — %s", item["path"], item["reason"] or "unknown", item["message"])
+        if len(fresh) > MAX_NAMED_FAILURES:
+            log.warning("... and %d more failed files (`pmllm-batch status` lists every one with its reason)",
+                        len(fresh) - MAX_NAMED_FAILURES)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Observer: inotify first, polling as the fallback

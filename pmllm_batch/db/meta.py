@@ -20,3 +20,10 @@ def set_value(s: Session, key: str, value: str) -> None:
         s.add(Meta(key=key, value=value))
     else:
         row.value = value
+
+
+def delete_value(s: Session, key: str) -> None:
+    """Forget ``key`` (nothing happens when it was never set)."""
+    row = s.get(Meta, key)
+    if row is not None:
+        s.delete(row)

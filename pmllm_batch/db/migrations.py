@@ -68,6 +68,11 @@ def migrate(db: Database) -> None:
     _check_not_newer(version, db.label)
     if version == schema.latest_version():
         return
+    if db.read_only:
+        raise DBAccessError(
+            f"the database at {db.label} needs a schema upgrade (version {version} to {schema.latest_version()}) "
+            "but is read-only for this user; open it once where it can be written."
+        )
     with db.write() as s:
         conn = s.connection()
         version = schema_version(s, db.label)  # another process may have migrated meanwhile

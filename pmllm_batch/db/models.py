@@ -33,6 +33,51 @@ def ensure(s: Session, fingerprint: str, preset: str, facts: Mapping[str, object
     return row.id
 
 
+MAX_RECIPES = 8  # settings recipes remembered per model (a few checkouts or configs that load the same weights)
+
+
+def _meta(row: ModelRow) -> dict[str, object]:
+    try:
+        data = json.loads(row.meta_json or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember_recipe(s: Session, model_id: int, recipe: str, facts: Mapping[str, object]) -> None:
+    """Record that settings with this ``recipe`` load model ``model_id`` (and only it), with ``facts`` it needs
+    without loading (the vision graph id, whether it is the demo)."""
+    for row in s.scalars(select(ModelRow)):
+        meta_data = _meta(row)
+        listed = meta_data.get("recipes")
+        recipes = [r for r in listed if isinstance(r, str)] if isinstance(listed, list) else []
+        if row.id == model_id:
+            recipes = [recipe, *[r for r in recipes if r != recipe]][:MAX_RECIPES]
+            meta_data.update(facts)
+        elif recipe in recipes:
+            recipes.remove(recipe)  # the same settings now load other weights
+        else:
+            continue
+        meta_data["recipes"] = recipes
+        row.meta_json = json.dumps(meta_data, sort_keys=True, default=str)
+
+
+def by_recipe(s: Session, recipe: str) -> dict[str, object] | None:
+    """{"id", "fingerprint", "preset", **facts} of the model these settings load, when it was loaded before."""
+    for row in s.scalars(select(ModelRow).order_by(ModelRow.id.desc())):
+        meta_data = _meta(row)
+        listed = meta_data.get("recipes")
+        if isinstance(listed, list) and recipe in listed:
+            return {**meta_data, "id": row.id, "fingerprint": row.fingerprint, "preset": row.preset}
+    return None
+
+
+def make_current(s: Session, model_id: int) -> None:
+    """Make ``model_id`` the model whose scores rankings read."""
+    if current_id(s) != model_id:
+        meta.set_value(s, META_CURRENT_MODEL, str(model_id))
+
+
 def current_id(s: Session) -> int | None:
     """The current model's id; None before any model was made current."""
     raw = meta.get_value(s, META_CURRENT_MODEL)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from pmllm_batch.db.records import PHOTO_RECORD_FIELDS, PhotoRecord
@@ -68,6 +69,95 @@ def mark_missing(s: Session, paths: Sequence[str]) -> int:
         )
         changed += max(s.execute(stmt).rowcount, 0)  # type: ignore[attr-defined]
     return changed
+
+
+def resolve_gone(s: Session, gone: Sequence[str], arrived: Sequence[str]) -> tuple[int, int, int]:
+    """Settle paths that are no longer there against paths that appeared: a move is not a loss.
+
+    A gone path whose content hash just appeared at one of ``arrived`` (new paths of this scan, already written as
+    "ok") was moved or renamed: its row is deleted, because the photo lives on at the new path with the same scores.
+    So is a gone path whose content turned up at another path since it was last written (the two halves of a move
+    seen in different batches), and a row already "missing" (the move out was seen in an earlier scan) whose content
+    just arrived. Every other gone path is marked "missing" (scores stay, rankings hide it).
+
+    Returns:
+        (missing, moved, moved_in): paths newly marked missing, moves recognised, and how many of those moves
+        consumed one of ``arrived`` (they are moves, not new photos).
+    """
+    now = utcnow()
+    pool: dict[str, int] = {}  # hash -> arrived ok paths not yet paired with a gone one
+    for row in _rows(s, arrived):
+        if row.status == "ok" and row.content_hash:
+            pool[row.content_hash] = pool.get(row.content_hash, 0) + 1
+    missing = moved = moved_in = 0
+    to_delete: list[int] = []
+    unpaired: list[Photo] = []
+    for row in _rows(s, gone):
+        if row.status == "missing":
+            continue
+        h = row.content_hash
+        if h and pool.get(h):
+            pool[h] -= 1
+            moved += 1
+            moved_in += 1
+            to_delete.append(row.id)
+        else:
+            unpaired.append(row)
+    gone_set = set(gone)
+    # ok rows elsewhere with the content of an unpaired gone row: hash -> when each of them first appeared
+    elsewhere: dict[str, list[datetime]] = {}
+    for chunk in chunks(sorted({r.content_hash for r in unpaired if r.content_hash})):
+        found = select(Photo.content_hash, Photo.path, Photo.first_seen).where(
+            Photo.content_hash.in_(list(chunk)), Photo.status == "ok"
+        )
+        for h, path, first_seen in s.execute(found):
+            if h and path not in gone_set:
+                elsewhere.setdefault(h, []).append(first_seen)
+    for row in unpaired:
+        seen = elsewhere.get(row.content_hash or "", [])
+        if any(first > row.last_seen for first in seen):
+            moved += 1  # it turned up at another path after this one was last written: a move
+            to_delete.append(row.id)
+        else:
+            row.status, row.updated_at = "missing", now
+            missing += 1
+    s.flush()
+    # Moves whose first half an earlier scan already saw (the file left, then turned up elsewhere).
+    leftover = [h for h, n in pool.items() if n > 0]
+    arrived_set = set(arrived)
+    for chunk in chunks(leftover):
+        stmt = select(Photo).where(Photo.content_hash.in_(list(chunk)), Photo.status == "missing")
+        for row in s.scalars(stmt):
+            h = row.content_hash or ""
+            if row.path in arrived_set or not pool.get(h):
+                continue
+            pool[h] -= 1
+            moved += 1
+            moved_in += 1
+            to_delete.append(row.id)
+    for ids in chunks(to_delete):
+        s.execute(delete(Photo).where(Photo.id.in_(list(ids))).execution_options(synchronize_session=False))
+    return missing, moved, moved_in
+
+
+def forget_moved_missing(s: Session, roots: Sequence[str]) -> int:
+    """Delete "missing" rows under ``roots`` whose content lives on at an "ok" path (moves recorded as losses by
+    older versions, or whose arrival was never paired); their scores are keyed by content and stay. Returns how
+    many."""
+    ok = select(Photo.content_hash).where(Photo.status == "ok", Photo.content_hash.is_not(None))
+    stmt = (
+        delete(Photo)
+        .where(Photo.status == "missing", Photo.root.in_(list(roots)), Photo.content_hash.in_(ok))
+        .execution_options(synchronize_session=False)
+    )
+    return max(s.execute(stmt).rowcount, 0)  # type: ignore[attr-defined]
+
+
+def _rows(s: Session, paths: Sequence[str]) -> list[Photo]:
+    out: list[Photo] = []
+    for chunk in chunks(list(dict.fromkeys(paths))):
+        out.extend(s.scalars(select(Photo).where(Photo.path.in_(list(chunk)))))
+    return out
 
 
 def paths_by_hash(s: Session, hashes: Sequence[str]) -> dict[str, list[str]]:

@@ -29,6 +29,18 @@ def version(s: Session) -> str:
     return meta.get_value(s, META_PROFILES_VERSION) or "0"
 
 
+def _source_key(profile_id: int) -> str:
+    # The file a profile was added from lives in ``meta`` (keyed by id, which fits its 64-character keys), so a
+    # later `profile add` of the same file updates it while another file with the same name is refused.
+    return f"profile_source:{profile_id}"
+
+
+def sources(s: Session) -> dict[str, str | None]:
+    """Profile name -> the file it was last added from (absolute path), None when unknown."""
+    return {name: meta.get_value(s, _source_key(pid)) for pid, name in s.execute(select(ProfileModel.id,
+                                                                                        ProfileModel.name))}
+
+
 def _bump_version(s: Session) -> None:
     meta.set_value(s, META_PROFILES_VERSION, str(int(version(s)) + 1))
 
@@ -62,8 +74,22 @@ def find(s: Session, name: str) -> ProfileModel:
     )
 
 
-def upsert(s: Session, profile: Profile, persona: str) -> tuple[int, bool]:
-    """Store a profile and its rendered persona; returns (profile id, changed), as ``Store.upsert_profile``."""
+def upsert(s: Session, profile: Profile, persona: str, source: str | None = None) -> tuple[int, bool]:
+    """Store a profile and its rendered persona; returns (profile id, changed), as ``Store.upsert_profile``.
+
+    ``source`` (the file it came from) is remembered when the profile is new or changed, or had none recorded: a
+    second file with the same fields leaves the profile where it came from.
+    """
+    row_id, changed = _upsert(s, profile, persona)
+    if source is not None:
+        key = _source_key(row_id)
+        known = meta.get_value(s, key)
+        if known != source and (changed or known is None):
+            meta.set_value(s, key, source)
+    return row_id, changed
+
+
+def _upsert(s: Session, profile: Profile, persona: str) -> tuple[int, bool]:
     fields_json = json.dumps(profile.to_dict(), sort_keys=True, ensure_ascii=False)
     digest = persona_digest(persona)
     now = utcnow()
@@ -108,6 +134,7 @@ def remove(s: Session, name: str) -> None:
     row = find(s, name)
     # Explicit, so backends without enforced foreign keys lose the scores too.
     scores.forget_profile(s, row.id)
+    meta.delete_value(s, _source_key(row.id))
     s.execute(delete(ProfileModel).where(ProfileModel.id == row.id))
     _bump_version(s)
 

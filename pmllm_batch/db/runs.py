@@ -102,3 +102,14 @@ def last(s: Session) -> dict[str, object] | None:
     """The newest run as a JSON-able dict (an abandoned one reads as interrupted), or None before any run."""
     run = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
     return _as_dict(run) if run is not None else None
+
+
+def others_running(s: Session) -> list[dict[str, object]]:
+    """Runs marked "running" by another process that may still be alive (for "waiting for ..." messages)."""
+    host, me = socket.gethostname(), os.getpid()
+    out = []
+    for run in s.scalars(select(Run).where(Run.status == "running").order_by(Run.id)):
+        if (run.host == host and run.pid == me) or _abandoned(run, host):
+            continue
+        out.append({"id": run.id, "kind": run.kind, "pid": run.pid, "host": run.host})
+    return out

@@ -40,13 +40,16 @@ def insert_ignore(s: Session, table: Table, rows: list[RowValues], keys: list[st
     dialect = conn.dialect.name
     inserted = 0
     if dialect in ("sqlite", "postgresql"):
-        stmt: sqlite_dialect.Insert | postgresql_dialect.Insert
         if dialect == "sqlite":
             stmt = sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
-        else:
-            stmt = postgresql_dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+            for chunk in chunks(rows):
+                inserted += max(conn.execute(stmt, list(chunk)).rowcount, 0)
+            return inserted
+        # psycopg's executemany (SQLAlchemy's "insertmanyvalues") reports no row count: count what RETURNING gives
+        pg_stmt = postgresql_dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+        returning = pg_stmt.returning(table.c[keys[0]])
         for chunk in chunks(rows):
-            inserted += max(conn.execute(stmt, list(chunk)).rowcount, 0)
+            inserted += len(conn.execute(returning, list(chunk)).all())
         return inserted
     # Portable fallback: look the keys up first. Safe here because writers hold the process lock, and a
     # racing second process can at worst hit the unique constraint (an error, never a duplicate).

@@ -14,13 +14,14 @@ with SQLAlchemy sessions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
 
-from pmllm_batch.db import migrations, models, photos, profiles, runs, scores, visual_tokens
+from pmllm_batch.db import check, migrations, models, photos, profiles, runs, scores, visual_tokens
 from pmllm_batch.db.engine import Database
 from pmllm_batch.db.profiles import persona_digest
 from pmllm_batch.db.records import PhotoRecord, ProfileRow, RankedPhoto
@@ -46,6 +47,7 @@ class Store:
         self._db = Database(url)
         self.label: str = self._db.label
         self.engine: Engine = self._db.engine
+        self.read_only: bool = self._db.read_only  # an existing SQLite file this user can only read
         try:
             migrations.migrate(self._db)
         except BaseException:
@@ -62,6 +64,28 @@ class Store:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @contextmanager
+    def work_lock(
+        self, *, should_stop: Callable[[], bool] | None = None, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[bool]:
+        """Hold the library's work lock (one scanning/scoring process at a time; reentrant in one thread).
+
+        Yields True once held, or False when ``should_stop`` returned True while waiting (do nothing then). See
+        :meth:`pmllm_batch.db.engine.Database.work_lock`.
+        """
+        with self._db.work_lock(should_stop=should_stop, on_wait=on_wait) as held:
+            yield held
+
+    def others_running(self) -> list[dict[str, Any]]:
+        """Runs other live processes have open on this database: [{"id", "kind", "pid", "host"}]."""
+        with self._db.read() as s:
+            return runs.others_running(s)
+
+    def check(self) -> tuple[list[str], str]:
+        """Integrity check: (problems found, what was checked). No problems means the database is sound."""
+        with self._db.read() as s:
+            return check.problems(s), check.describe(s)
 
     def schema_version(self) -> int:
         """Schema version recorded in the database."""
@@ -93,6 +117,26 @@ class Store:
         with self._db.write() as s:
             photos.upsert(s, records)
 
+    def resolve_gone(self, gone: list[str], arrived: list[str]) -> tuple[int, int, int]:
+        """Settle paths no longer on disk against paths that appeared, in one transaction.
+
+        A gone path whose content now lives at a path that appeared (in this scan, or since the gone one was last
+        written) was moved or renamed: its row is deleted (the photo and its scores live on at the new path); so
+        is an older "missing" row whose content just arrived. Every other gone path is marked "missing".
+
+        Returns:
+            (missing, moved, moved_in): ``moved_in`` of the moves consumed one of ``arrived`` (not new photos).
+        """
+        if not gone and not arrived:
+            return 0, 0, 0
+        with self._db.write() as s:
+            return photos.resolve_gone(s, gone, arrived)
+
+    def forget_moved_missing(self, roots: list[str]) -> int:
+        """Delete "missing" rows under ``roots`` whose content lives on at an "ok" path (it moved); returns how many."""
+        with self._db.write() as s:
+            return photos.forget_moved_missing(s, roots)
+
     def mark_missing(self, paths: list[str]) -> int:
         """Set status "missing" on these paths. Scores stay (they are keyed by content hash).
 
@@ -123,15 +167,20 @@ class Store:
     # Profiles
     # -----------------------------------------------------------------------------------------------------------------
 
-    def upsert_profile(self, profile: Profile, persona: str) -> tuple[int, bool]:
-        """Store a profile and its rendered persona.
+    def upsert_profile(self, profile: Profile, persona: str, source: str | None = None) -> tuple[int, bool]:
+        """Store a profile and its rendered persona (and, when given, the file it came from).
 
         Returns:
             (profile id, changed): ``changed`` is True when the profile is new or its persona text changed.
             A changed persona deletes that profile's scores, because they were computed for the old text.
         """
         with self._db.write() as s:
-            return profiles.upsert(s, profile, persona)
+            return profiles.upsert(s, profile, persona, source)
+
+    def profile_sources(self) -> dict[str, str | None]:
+        """Profile name -> the file it was last added from (absolute path), None when unknown."""
+        with self._db.read() as s:
+            return profiles.sources(s)
 
     def get_profile(self, name: str) -> ProfileRow:
         """One stored profile.
@@ -180,6 +229,22 @@ class Store:
         with self._db.write() as s:
             return models.ensure(s, fingerprint, preset, meta, make_current=make_current)
 
+    def remember_recipe(self, model_id: int, recipe: str, facts: dict[str, Any]) -> None:
+        """Record that settings with ``recipe`` load model ``model_id``, with the ``facts`` needed without loading
+        it (its vision graph id, whether it is the demo), so a later run with nothing to score loads nothing."""
+        with self._db.write() as s:
+            models.remember_recipe(s, model_id, recipe, facts)
+
+    def model_for_recipe(self, recipe: str) -> dict[str, Any] | None:
+        """{"id", "fingerprint", "preset", **facts} of the model settings with ``recipe`` loaded before, or None."""
+        with self._db.read() as s:
+            return models.by_recipe(s, recipe)
+
+    def make_current(self, model_id: int) -> None:
+        """Make ``model_id`` the model whose scores rankings read."""
+        with self._db.write() as s:
+            models.make_current(s, model_id)
+
     def current_model_id(self) -> int | None:
         """The most recently ensured model (rankings read its scores only); None before any scoring."""
         with self._db.read() as s:
@@ -197,6 +262,11 @@ class Store:
         """
         with self._db.read() as s:
             return visual_tokens.get(s, hashes, vision_id)
+
+    def cached_hashes(self, hashes: list[str], vision_id: str) -> set[str]:
+        """Which of ``hashes`` have cached visual tokens under ``vision_id`` (no blob is read)."""
+        with self._db.read() as s:
+            return visual_tokens.present(s, hashes, vision_id)
 
     def put_visual_tokens(self, items: dict[str, np.ndarray], vision_id: str) -> None:
         """Cache visual tokens as little-endian float16 bytes; hashes already cached are left as they are."""

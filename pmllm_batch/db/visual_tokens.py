@@ -43,6 +43,17 @@ def get(s: Session, hashes: Sequence[str], vision_id: str) -> dict[str, np.ndarr
     return out
 
 
+def present(s: Session, hashes: Sequence[str], vision_id: str) -> set[str]:
+    """Which of ``hashes`` are cached under ``vision_id`` (without reading their blobs)."""
+    out: set[str] = set()
+    for chunk in chunks(list(dict.fromkeys(hashes))):
+        stmt = select(VisualTokens.content_hash).where(
+            VisualTokens.vision_id == vision_id, VisualTokens.content_hash.in_(list(chunk))
+        )
+        out.update(s.scalars(stmt))
+    return out
+
+
 def put(s: Session, rows: list[RowValues]) -> int:
     """Insert rows from :func:`encode`; keys already cached are left as they are. Returns how many were new."""
     return insert_ignore(s, table_of(VisualTokens), rows, ["content_hash", "vision_id"])

@@ -35,9 +35,10 @@ REASONS: frozenset[str] = frozenset(
         "unsupported_format",
         "truncated",
         "decompression_bomb",
-        "broken_exif",
     }
 )
+#: Kept for readers of old rows: "broken_exif" was a failure before unreadable EXIF became a warning on an ok photo.
+LEGACY_REASONS: frozenset[str] = frozenset({"broken_exif"})
 
 _ORIENTATION_TAG = 0x0112
 
@@ -285,18 +286,50 @@ def _decode_open(fh: IO[bytes], path: Path, max_pixels: int) -> DecodedPhoto:
         raise DecodeError("truncated", f"image data is corrupt or truncated ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise ValueError/SyntaxError/... on corrupt data
         raise DecodeError("truncated", f"image data is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+    exif_problem: str | None = None
     try:
         _check_exif_parses(img)
         upright = ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - a broken EXIF block raises anything from SyntaxError to struct.error
-        raise DecodeError(
-            "broken_exif", f"EXIF data is broken, so the photo's orientation is unknown ({type(exc).__name__})"
-        ) from exc
+        # The pixels are fine (every viewer shows the photo); only the EXIF block is garbage. Viewers then show the
+        # pixels as stored, or turned by an orientation a more lenient reader still finds (decode_photo applies
+        # exifread's below); the photo is scored, with a warning on its row.
+        exif_problem = f"EXIF data is unreadable ({type(exc).__name__}: {exc})".replace("\n", " ")
+        upright = img.copy()
     if upright is img:
         # exif_transpose returns a copy today; make sure the result never keeps the file handle we are about to close.
         upright = img.copy()
     img.close()
-    return DecodedPhoto(image=upright, width=upright.width, height=upright.height, format=fmt, exif=ExifInfo())
+    exif = ExifInfo(warning=exif_problem) if exif_problem else ExifInfo()
+    return DecodedPhoto(image=upright, width=upright.width, height=upright.height, format=fmt, exif=exif)
+
+
+# EXIF orientation -> the PIL transpose that makes the stored pixels upright (ImageOps.exif_transpose's table).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _with_unreadable_exif(photo: DecodedPhoto, exif: ExifInfo) -> DecodedPhoto:
+    """A photo whose EXIF block PIL could not parse: orient it by exifread's orientation when that lenient reader
+    found one (as lenient viewers do), else keep the pixels as stored (as the others do); record the warning."""
+    pil_problem = photo.exif.warning or "EXIF data is unreadable"
+    image, how = photo.image, "shown as stored, without rotation"
+    if exif.orientation in _TRANSPOSE:
+        image = image.transpose(_TRANSPOSE[exif.orientation])
+        how = f"turned by the orientation ({exif.orientation}) a lenient EXIF reader still found"
+    parts = [f"exif: {pil_problem}; the pixels are fine and the photo is {how}"]
+    if exif.warning:
+        parts.append(exif.warning.removeprefix("exif: "))
+    warning = "; ".join(parts)
+    return replace(photo, image=image, width=image.width, height=image.height,
+                   exif=replace(exif, warning=warning))
 
 
 def decode_photo(path: str | os.PathLike[str], *, max_pixels: int = 100_000_000) -> DecodedPhoto:
@@ -315,7 +348,8 @@ def decode_photo(path: str | os.PathLike[str], *, max_pixels: int = 100_000_000)
         DecodeError: For every failure, with ``reason`` one of :data:`REASONS`: ``vanished`` (file gone),
             ``unreadable`` (permission or I/O error), ``empty`` (0 bytes), ``not_an_image``, ``unsupported_format``
             (looks like an image but no decoder opens it), ``decompression_bomb``, ``truncated`` (pixel data ends
-            early or is corrupt), ``broken_exif`` (PIL cannot parse the EXIF that says which way is up).
+            early or is corrupt). These are all about the *pixels*: an unreadable EXIF block is not an error (the
+            photo is decoded as viewers show it and ``exif.warning`` says "EXIF data is unreadable ...").
     """
     register_heif()
     p = Path(path)
@@ -336,4 +370,7 @@ def decode_photo(path: str | os.PathLike[str], *, max_pixels: int = 100_000_000)
     with fh:
         photo = _decode_open(fh, p, max_pixels)
     # exifread reads the file again: it understands more containers and maker quirks than PIL's EXIF parser.
-    return replace(photo, exif=read_exif(p))
+    exif = read_exif(p)
+    if photo.exif.warning:  # PIL could not parse the EXIF block: the pixels are as stored
+        return _with_unreadable_exif(photo, exif)
+    return replace(photo, exif=exif)

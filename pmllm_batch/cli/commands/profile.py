@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from pmllm_batch.config import Settings
@@ -25,31 +26,76 @@ ADDED, UPDATED, UNCHANGED = "added", "updated", "unchanged"
 def read_profiles(paths: list[str]) -> list[Profile]:
     """Validate every file before anything is stored, so one bad file stores nothing.
 
+    Every problem of every file is reported at once (one sentence per file, joined).
+
     Raises:
         ProfileError: A file is unreadable or invalid, or two files use the same name.
     """
     profiles: list[Profile] = []
+    errors: list[str] = []
     seen: dict[str, str] = {}
     for path in paths:
-        profile = load_profile(path)
+        try:
+            profile = load_profile(path)
+        except ProfileError as exc:
+            errors.append(str(exc).rstrip("."))
+            continue
         if profile.name in seen:
-            raise ProfileError(f"{path} and {seen[profile.name]} both define the profile '{profile.name}'.")
+            errors.append(f"{path} and {seen[profile.name]} both define the profile '{profile.name}'")
+            continue
         seen[profile.name] = path
         profiles.append(profile)
+    if errors:
+        if len(paths) == 1 or len(errors) == 1:
+            raise ProfileError(f"{errors[0]}.")
+        raise ProfileError(f"{len(errors)} of {len(paths)} profile files have problems, so none was added: "
+                           + "; ".join(errors) + ".")
     return profiles
 
 
-def add_profiles(store: Store, profiles: list[Profile]) -> list[tuple[str, str]]:
-    """Store profiles with their rendered persona.
+def check_replacements(store: Store, profiles: list[Profile], paths: list[str], *, replace: bool) -> None:
+    """Refuse to silently replace a stored person with another file's profile of the same name.
+
+    Re-adding the file a profile came from (after editing it) updates it, as does a file with identical fields;
+    a *different* file with the same name and other fields needs ``--replace``, because its scores are cleared.
+
+    Raises:
+        ProfileError: One sentence naming every such clash.
+    """
+    if replace:
+        return
+    stored = {row.name: row for row in store.list_profiles()}
+    sources = store.profile_sources()
+    clashes = []
+    for profile, path in zip(profiles, paths, strict=True):
+        row = stored.get(profile.name)
+        if row is None or row.profile.to_dict() == profile.to_dict():
+            continue
+        source = sources.get(profile.name)
+        if source is not None and source == str(Path(path).resolve()):
+            continue  # the same file, edited: an update
+        origin = f"added from {source}" if source else "added earlier"
+        clashes.append(f"a profile named '{profile.name}' already exists ({origin}), and {path} would replace it")
+    if clashes:
+        raise ProfileError(
+            "; ".join(clashes) + ": pass --replace to replace "
+            + ("it and clear its scores" if len(clashes) == 1 else "them and clear their scores")
+            + ", or give the new profile another name."
+        )
+
+
+def add_profiles(store: Store, profiles: list[Profile], paths: list[str] | None = None) -> list[tuple[str, str]]:
+    """Store profiles with their rendered persona (and the file each came from, when ``paths`` are given).
 
     Returns:
         (name, outcome) per profile; outcome is "added", "updated" (persona changed, its scores were cleared)
         or "unchanged".
     """
     existing = {row.name for row in store.list_profiles()}
+    sources = [str(Path(p).resolve()) for p in paths] if paths is not None else [None] * len(profiles)
     outcomes = []
-    for profile in profiles:
-        _, changed = store.upsert_profile(profile, render_persona(profile))
+    for profile, source in zip(profiles, sources, strict=True):
+        _, changed = store.upsert_profile(profile, render_persona(profile), source)
         outcome = UNCHANGED if not changed else UPDATED if profile.name in existing else ADDED
         outcomes.append((profile.name, outcome))
     return outcomes
@@ -106,15 +152,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='Manage person profiles. A profile is a TOML file: name = "alice", age = 34, [big_five] ….',
     )
     actions = parser.add_subparsers(dest="profile_action", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="add or update profiles from TOML files")
-    add.add_argument("files", nargs="+", metavar="FILE.toml")
+    add = actions.add_parser(
+        "add",
+        help="add or update profiles from TOML files",
+        description="Add profiles from TOML files (every file is checked first: one bad file adds nothing). "
+        "Re-adding a file after editing it updates that profile (a changed persona clears its scores); a different "
+        "file with a name that is already stored is refused unless --replace is given.",
+    )
+    add.add_argument("files", nargs="+", metavar="FILE.toml", help="profile files (name = \"...\", age = 34, ...)")
+    add.add_argument("--replace", action="store_true",
+                     help="let a file replace a stored profile of the same name that came from another file")
     listing = actions.add_parser("list", help="list stored profiles")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     show = actions.add_parser("show", help="show one profile's fields and persona text")
-    show.add_argument("name", metavar="NAME")
+    show.add_argument("name", metavar="NAME", help="a stored profile")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     remove = actions.add_parser("remove", help="remove a profile and its scores")
-    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("name", metavar="NAME", help="a stored profile")
     parser.set_defaults(func=run)
 
 
@@ -124,8 +178,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     profiles = read_profiles(args.files) if action == "add" else []
     with Store(settings.db_url()) as store:
         if action == "add":
-            for name, outcome in add_profiles(store, profiles):
-                print(f"{outcome} {name}" + (" (scores cleared)" if outcome == UPDATED else ""))
+            check_replacements(store, profiles, args.files, replace=args.replace)
+            for name, outcome in add_profiles(store, profiles, args.files):
+                if not args.quiet:
+                    print(f"{outcome} {name}" + (" (scores cleared)" if outcome == UPDATED else ""))
         elif action == "list":
             summaries = profile_summaries(store)
             if args.json:
@@ -146,8 +202,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 sys.stdout.write("\n".join(out) + "\n")
         else:
             store.remove_profile(args.name)
-            print(f"removed {args.name}")
+            if not args.quiet:
+                print(f"removed {args.name}")
     return 0
 
 
-__all__ = ["add_profiles", "profile_detail", "profile_summaries", "read_profiles", "register", "run"]
+__all__ = ["add_profiles", "check_replacements", "profile_detail", "profile_summaries", "read_profiles", "register",
+           "run"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from pmllm_batch.config import Settings
 from pmllm_batch.db import Store
+from pmllm_batch.errors import DBAccessError
 
 from . import human_bytes, print_json
 
@@ -54,15 +55,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and every photo that failed with its reason.",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--check", action="store_true",
+                        help="also check the database itself (SQLite integrity, unique scores, references); "
+                        "a damaged database is one sentence and exit code 4")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Adapter for ``status``."""
     with Store(settings.db_url()) as store:
+        checked = None
+        if args.check:
+            problems, what = store.check()
+            if problems:
+                more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+                raise DBAccessError(
+                    f"the database at {store.label} is damaged: {'; '.join(problems[:5])}{more}; restore it from a "
+                    "backup (a library.sqlite.v*.bak next to it, if any) or move it aside to start a new one."
+                )
+            checked = what
         status = store.status()
+        if store.read_only:
+            status["read_only"] = True
+    if checked is not None:
+        status["check"] = {"ok": True, "checked": checked}
     if args.json:
         print_json(status)
     else:
-        sys.stdout.write(format_status(status))
+        text = format_status(status)
+        if store.read_only:
+            text += "database is read-only for this user: it can be read, not written\n"
+        if checked is not None:
+            text += f"check: ok ({checked})\n"
+        sys.stdout.write(text)
     return 0

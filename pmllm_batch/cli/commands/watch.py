@@ -11,6 +11,8 @@ from typing import Any
 from pmllm_batch.config import Settings
 from pmllm_batch.log import get_logger
 
+from . import summary_line
+
 
 def non_negative_seconds(text: str) -> float:
     """argparse type: a number of seconds >= 0."""
@@ -39,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Watch PATH folders (recursively): start with a full scan, then score photos as they arrive "
         "once their files have stopped changing. Moves and renames keep their scores, deleted photos leave the "
         "rankings, profiles added meanwhile are scored from cached visual tokens. A periodic full scan catches "
-        "anything the watcher missed. Stops cleanly on SIGTERM or Ctrl-C. Nothing is written into the folders.",
+        "anything the watcher missed. A folder that is not there yet (an unmounted disk) is checked again, less and "
+        "less often, until it appears. Stops cleanly on SIGTERM or Ctrl-C. Nothing is written into the folders.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="photo folder(s)")
     parser.add_argument("--profile", action="append", metavar="NAME",
@@ -55,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-unload", type=non_negative_seconds, metavar="SECONDS",
                         help="unload the models after this long without work (watch.idle_unload)")
     parser.add_argument("--once", action="store_true",
-                        help="run the full scan once, score what is missing, and exit (for cron and scripts)")
+                        help="run the full scan once (waiting out the settle window of files still being copied), "
+                        "score what is missing, and exit (for cron and scripts)")
     parser.set_defaults(func=run)
 
 
@@ -86,10 +90,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with Store(settings.db_url()) as store:
         service = WatchService(settings, store, args.paths, args.profile, once=args.once)
         totals = service.run()
-    if args.once:
-        sys.stdout.write(
-            f"scanned {totals.scanned} files: {totals.new} new, {totals.changed} changed, {totals.skipped} unchanged, "
-            f"{totals.missing} missing, {totals.failed} failed; vision encodes {totals.encoded}; "
-            f"scored {totals.scored} (photo, profile) pairs in {totals.elapsed_s:.1f}s\n"
-        )
+    if args.once and not args.quiet:  # -q: nothing on success (the README's cron line mails any output)
+        sys.stdout.write(summary_line(totals.to_dict()) + "\n")
     return 0
