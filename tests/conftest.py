@@ -1,11 +1,21 @@
-"""Shared fixtures. The default run is CPU-only and offline: no weights, no network, no GPU."""
+"""Shared fixtures. The default run is CPU-only and offline: no weights, no network, no GPU.
+
+Every fixture that more than one test file needs lives here, once; plain helpers live in ``tests/helpers.py``.
+Session- and module-scoped fixtures are read-only: a test that changes what it got asks for its own copy
+(``fresh_demo_model`` instead of ``demo_model``).
+"""
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.helpers import CLIEnv, isolated_env
 
 # Never reach a hub from tests, and never read a developer's real caches.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,11 +26,40 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[CLIEnv]:
+    """An isolated HOME/XDG world in ``tmp_path`` with an in-process CLI runner (see ``tests.helpers``)."""
+    with isolated_env(tmp_path) as e:
+        yield e
+
+
+@pytest.fixture
+def env_vars(env: CLIEnv) -> dict[str, str]:
+    """``env``'s HOME and XDG folders as an explicit environment, for code that takes one (``load_config(env=)``)."""
+    return env.variables()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder (``PMLLM_PATHS__CACHE_DIR``) for every daemon and model load of the session, so the demo's
+    ONNX graph is exported only once."""
+    return tmp_path_factory.mktemp("pmllm-cache")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present in this checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def exif_samples(shared_data: Path) -> Path:
+    """The shared real-camera sample folder (``../shared/data/exif-samples``); skips where it is absent."""
+    folder = shared_data / "exif-samples"
+    if not folder.is_dir():
+        pytest.skip(f"shared EXIF samples not available at {folder}")
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +75,36 @@ def example_photos() -> list[Path]:
     if not photos:
         pytest.skip("examples/photos is empty")
     return photos
+
+
+def _model_state(model: Any) -> tuple[str, Any, list[str]]:
+    from pmllm_batch.model.checkpoint import fingerprint
+
+    return fingerprint(model), model.tower, [b.gate_mode for b in model.fused.fusion_blocks.values()]
+
+
+@pytest.fixture(scope="session")
+def demo_model_base():
+    """The tiny ``demo`` model with an untrained adapter (``checkpoint="none"``: a random, non-trivial projector),
+    built once from seed 0. Tests take ``demo_model`` (which checks that they left it as it was) or
+    ``fresh_demo_model``; a module fixture that only reads the model may take this one directly."""
+    import torch
+
+    from pmllm_batch.model.factory import create_model
+
+    torch.manual_seed(0)
+    return create_model("demo", checkpoint="none", offline=True)
+
+
+@pytest.fixture
+def demo_model(demo_model_base: Any) -> Iterator[Any]:
+    """The shared, read-only demo model; the test fails if it changed the weights, the tower or a gate mode."""
+    before = _model_state(demo_model_base)
+    yield demo_model_base
+    assert _model_state(demo_model_base) == before, "a test changed the shared demo_model: use fresh_demo_model"
+
+
+@pytest.fixture
+def fresh_demo_model(demo_model_base: Any) -> Any:
+    """A private copy of the demo model (the same weights as ``demo_model``) that the test may change."""
+    return copy.deepcopy(demo_model_base)

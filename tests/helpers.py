@@ -1,11 +1,6 @@
 """Test helper in the style of beets' ``TestHelper``: an isolated HOME/XDG world and an in-process CLI runner.
 
-Usage::
-
-    @pytest.fixture
-    def env(tmp_path):
-        with isolated_env(tmp_path) as e:
-            yield e
+The ``env`` fixture (``tests/conftest.py``) is one of these per test::
 
     def test_something(env):
         code, out, err = env.run_cli("status")
@@ -57,6 +52,15 @@ class CLIEnv:
     def user_config(self) -> Path:
         """The XDG user config file (not created until :meth:`write_config`)."""
         return self.config_home / "pmllm-batch" / "config.toml"
+
+    def variables(self) -> dict[str, str]:
+        """HOME and the XDG folders of this environment, as :func:`isolated_env` sets them."""
+        return {
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.config_home),
+            "XDG_DATA_HOME": str(self.data_home),
+            "XDG_CACHE_HOME": str(self.cache_home),
+        }
 
     def store(self) -> Store:
         """A Store on the default database (close it, or use it as a context manager)."""
@@ -137,10 +141,7 @@ def isolated_env(base: Path) -> Iterator[CLIEnv]:
         for name in list(os.environ):
             if name.startswith("PMLLM_"):
                 del os.environ[name]
-        os.environ["HOME"] = str(env.home)
-        os.environ["XDG_CONFIG_HOME"] = str(env.config_home)
-        os.environ["XDG_DATA_HOME"] = str(env.data_home)
-        os.environ["XDG_CACHE_HOME"] = str(env.cache_home)
+        os.environ.update(env.variables())
         os.environ.pop("XDG_STATE_HOME", None)
         yield env
     finally:

@@ -34,7 +34,8 @@ __all__ = [
 
 EXIF_ORIENTATIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 # What make_bad_files produces, keyed by the DecodeError.reason each file must give.
-BAD_FILE_REASONS = ("empty", "truncated", "not_an_image", "decompression_bomb", "unsupported_format", "broken_exif")
+# A JPEG with garbage EXIF is no longer bad: it is scored as stored, with an EXIF warning (write_broken_exif_jpeg).
+BAD_FILE_REASONS = ("empty", "truncated", "not_an_image", "decompression_bomb", "unsupported_format")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -291,6 +292,5 @@ def make_bad_files(directory: Path) -> dict[str, Path]:
         "not_an_image": lambda: text,
         "decompression_bomb": lambda: write_bomb_png(directory / "bomb.png"),
         "unsupported_format": lambda: write_fake_heif(directory / "fake.heic"),
-        "broken_exif": lambda: write_broken_exif_jpeg(directory / "broken_exif.jpg"),
     }
     return {reason: make() for reason, make in writers.items()}

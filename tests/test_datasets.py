@@ -25,8 +25,6 @@ from tests.dataset_fixtures import (
     write_para_fixture,
 )
 
-REAL_PARA_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "para-splits"
-
 
 def _rewrite_csv(path: Path, drop_column: str) -> None:
     with path.open(encoding="utf-8", newline="") as fh:
@@ -38,10 +36,11 @@ def _rewrite_csv(path: Path, drop_column: str) -> None:
         writer.writerows(rows)
 
 
-def _one_sentence(exc: pytest.ExceptionInfo[DatasetError]) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg and msg.rstrip().endswith((".", "?")), msg
-    return msg
+def _error(fn, *args, **kwargs) -> str:
+    """The one-sentence message of the DatasetError ``fn(*args, **kwargs)`` raises."""
+    with pytest.raises(DatasetError) as exc:
+        fn(*args, **kwargs)
+    return str(exc.value)
 
 
 # ------------------------------------------------------------------------------------------------ PARA
@@ -105,9 +104,9 @@ def test_para_fold_files_are_used_exactly_and_test_users_never_train(tmp_path: P
 
 def test_para_fold_without_files_is_an_error_when_other_folds_exist(tmp_path: Path) -> None:
     fx = write_para_fixture(tmp_path / "para")
-    with pytest.raises(DatasetError) as exc:
-        load_para(fx.root, fold=3, split="test")
-    assert "fold-3" in _one_sentence(exc)
+    assert _error(load_para, fx.root, fold=3, split="test") == (
+        f"{fx.root}/userset has no fold-3 files (folds there: 1, 2)."
+    )
 
 
 def test_para_seeded_split_without_fold_files_is_user_disjoint_and_covers_everyone(tmp_path: Path) -> None:
@@ -127,7 +126,8 @@ def test_para_missing_images_are_skipped_and_counted(tmp_path: Path) -> None:
     fx = write_para_fixture(tmp_path / "para", missing_images=(0, 7))
     ds = load_para(fx.root, fold=None)
     missing_rows = [r for r in fx.rows if f"{r['sessionId']}/{r['imageName']}" in fx.missing]
-    assert missing_rows and ds.skipped_missing_images == len(missing_rows)
+    assert fx.missing == ["session1/iaa_pub1_.jpg", "session2/iaa_pub8_.jpg"]
+    assert len(missing_rows) == ds.skipped_missing_images == 4
     assert len(ds) == len(fx.rows) - len(missing_rows)
     assert all(s.image_path.is_file() for s in ds.samples)
 
@@ -139,34 +139,43 @@ def test_para_reads_a_utf8_bom_header(tmp_path: Path) -> None:
     assert load_para(fx.root, fold=None).profiles["A11"].gender == "female"
 
 
+IMAGES_CSV = "PARA file {root}/annotation/PARA-Images.csv"
+USERINFO_CSV = "PARA user-info file {root}/annotation/PARA-UserInfo.csv"
+
+
 @pytest.mark.parametrize(
-    ("setup", "needle"),
+    ("setup", "expected"),
     [
-        (lambda root: (root / "annotation" / "PARA-Images.csv").unlink(), "PARA-Images.csv"),
-        (lambda root: (root / "annotation" / "PARA-UserInfo.csv").unlink(), "PARA-UserInfo.csv"),
-        (lambda root: _rewrite_csv(root / "annotation" / "PARA-Images.csv", "aestheticScore"), "aestheticScore"),
-        (lambda root: _rewrite_csv(root / "annotation" / "PARA-Images.csv", "userId"), "userId"),
-        (lambda root: _rewrite_csv(root / "annotation" / "PARA-UserInfo.csv", "userId"), "PARA-UserInfo.csv"),
+        (lambda root: (root / "annotation" / "PARA-Images.csv").unlink(), IMAGES_CSV + " is missing."),
+        (lambda root: (root / "annotation" / "PARA-UserInfo.csv").unlink(), USERINFO_CSV + " is missing."),
+        (
+            lambda root: _rewrite_csv(root / "annotation" / "PARA-Images.csv", "aestheticScore"),
+            IMAGES_CSV + " has no column 'aestheticScore'.",
+        ),
+        (
+            lambda root: _rewrite_csv(root / "annotation" / "PARA-Images.csv", "userId"),
+            IMAGES_CSV + " has no column 'userId'.",
+        ),
+        (
+            lambda root: _rewrite_csv(root / "annotation" / "PARA-UserInfo.csv", "userId"),
+            USERINFO_CSV + " has no column 'userId'.",
+        ),
     ],
     ids=["images-csv", "userinfo-csv", "score-column", "user-column", "userinfo-user-column"],
 )
-def test_para_layout_errors_name_the_file_or_column(tmp_path: Path, setup, needle: str) -> None:
+def test_para_layout_errors_name_the_file_or_column(tmp_path: Path, setup, expected: str) -> None:
     fx = write_para_fixture(tmp_path / "para")
     setup(fx.root)
-    with pytest.raises(DatasetError) as exc:
-        load_para(fx.root, fold=None)
-    assert needle in _one_sentence(exc)
+    assert _error(load_para, fx.root, fold=None) == expected.format(root=fx.root)
 
 
 def test_missing_root_and_bad_split_raise_dataset_error(tmp_path: Path) -> None:
-    for loader in (load_para, load_lapis):
-        with pytest.raises(DatasetError) as exc:
-            loader(tmp_path / "nowhere")
-        assert str(tmp_path / "nowhere") in _one_sentence(exc)
+    for name, loader in (("PARA", load_para), ("LAPIS", load_lapis)):
+        assert _error(loader, tmp_path / "nowhere") == (
+            f"{name} dataset root {tmp_path / 'nowhere'} does not exist or is not a folder."
+        )
     fx = write_para_fixture(tmp_path / "para")
-    with pytest.raises(DatasetError) as exc:
-        load_para(fx.root, split="validation")
-    assert "validation" in _one_sentence(exc)
+    assert _error(load_para, fx.root, split="validation") == "split must be one of train, test, all (got 'validation')."
 
 
 def test_captions_match_by_relative_path_or_basename(tmp_path: Path) -> None:
@@ -187,9 +196,7 @@ def test_captions_match_by_relative_path_or_basename(tmp_path: Path) -> None:
     assert by_name["iaa_pub4_.jpg"] is None
     bad = tmp_path / "bad.csv"
     bad.write_text("image,text\na.jpg,x\n", encoding="utf-8")
-    with pytest.raises(DatasetError) as exc:
-        load_para(fx.root, fold=None, captions=bad)
-    assert "caption" in _one_sentence(exc)
+    assert _error(load_para, fx.root, fold=None, captions=bad) == f"captions file {bad} has no column 'caption'."
 
 
 # ------------------------------------------------------------------------------------------------ LAPIS
@@ -201,7 +208,7 @@ def test_lapis_response_maps_to_one_to_five(tmp_path: Path, response: int, score
     ds = load_lapis(fx.root, fold=None)
     got = {(s.user_id, s.image_path.name): s.score for s in ds.samples}
     rows = [r for r in fx.rows if r["response"] == str(response)]
-    assert rows
+    assert len(rows) == {0: 1, 25: 4, 50: 2, 75: 5, 100: 3}[response]  # what the fixture writes
     for r in rows:
         assert got[(r["participant_id"], r["file"])] == pytest.approx(score)
 
@@ -231,10 +238,12 @@ def test_lapis_seeded_split_without_fold_files(tmp_path: Path) -> None:
     fx = write_lapis_fixture(tmp_path / "lapis")
     assert not (fx.root / "userset").exists()
     seen_test: set[str] = set()
+    # the seeded split (seed 0) of the 6 users: every fold has a test user
+    expected_test = {1: ["101", "104"], 2: ["102", "103"], 3: ["106"], 4: ["105"]}
     for fold in (1, 2, 3, 4):
         train = load_lapis(fx.root, fold=fold, split="train")
         test = load_lapis(fx.root, fold=fold, split="test")
-        assert test.user_ids, "every fold of 6 users has a test user"
+        assert test.user_ids == expected_test[fold]
         assert not set(train.user_ids) & set(test.user_ids)
         assert set(train.user_ids) | set(test.user_ids) == set(LAPIS_USERS)
         seen_test |= set(test.user_ids)
@@ -245,16 +254,13 @@ def test_lapis_missing_images_and_layout_errors(tmp_path: Path) -> None:
     fx = write_lapis_fixture(tmp_path / "lapis", missing_images=(2,))
     ds = load_lapis(fx.root, fold=None)
     n_missing = sum(r["file"] == fx.missing[0] for r in fx.rows)
-    assert n_missing and ds.skipped_missing_images == n_missing and len(ds) == len(fx.rows) - n_missing
+    assert fx.missing == ["lapis_3.jpg"] and n_missing == 3
+    assert ds.skipped_missing_images == n_missing and len(ds) == len(fx.rows) - n_missing
     csv_path = fx.root / "annotation" / "LAPIS_individualratings_metaANDdemodata.csv"
     _rewrite_csv(csv_path, "response")
-    with pytest.raises(DatasetError) as exc:
-        load_lapis(fx.root)
-    assert "response" in _one_sentence(exc) and csv_path.name in str(exc.value)
+    assert _error(load_lapis, fx.root) == f"LAPIS file {csv_path} has no column 'response'."
     csv_path.unlink()
-    with pytest.raises(DatasetError) as exc:
-        load_lapis(fx.root)
-    assert csv_path.name in _one_sentence(exc)
+    assert _error(load_lapis, fx.root) == f"LAPIS file {csv_path} is missing."
 
 
 # ------------------------------------------------------------------------------------------------ splits, dispatch
@@ -270,21 +276,20 @@ def test_user_split_rules(tmp_path: Path) -> None:
     train, test = user_split(tmp_path, ["u1", "u2", "u3", "u4"], fold=1)
     assert (train, test) == (["u3"], ["u1", "u2"])  # listed in both: test wins; u4 in neither: left out
     assert seeded_user_split(["b", "a", "c", "a"], 1, seed=3) == seeded_user_split(["a", "b", "c"], 1, seed=3)
-    with pytest.raises(DatasetError):
-        seeded_user_split(["a", "b"], fold=5)
+    assert _error(seeded_user_split, ["a", "b"], fold=5) == "fold must be 1..4 for test_fraction 0.25 (got 5)."
 
 
 def test_load_dataset_dispatch_and_unknown_name(tmp_path: Path) -> None:
     fx = write_para_fixture(tmp_path / "para")
     assert load_dataset("PARA", fx.root, fold=1, split="test").user_ids == ["B22", "C32"]
-    with pytest.raises(DatasetError) as exc:
-        load_dataset("parra", fx.root)
-    assert "para" in _one_sentence(exc)
+    assert _error(load_dataset, "parra", fx.root) == "unknown dataset 'parra'; did you mean 'para'?"
 
 
-@pytest.mark.skipif(not (REAL_PARA_SPLITS / "userset").is_dir(), reason="public PARA fold files are not present")
-def test_real_para_folds_are_user_disjoint_and_cover_438_users() -> None:
-    userset = REAL_PARA_SPLITS / "userset"
+def test_real_para_folds_are_user_disjoint_and_cover_438_users(shared_data: Path) -> None:
+    real_para_splits = shared_data / "para-splits"
+    userset = real_para_splits / "userset"
+    if not userset.is_dir():
+        pytest.skip("public PARA fold files are not present")
 
     def read(name: str) -> set[str]:
         return {line.strip() for line in (userset / name).read_text().splitlines() if line.strip()}
@@ -294,7 +299,7 @@ def test_real_para_folds_are_user_disjoint_and_cover_438_users() -> None:
     fake_ids = sorted(everyone) + ["not-a-para-user"]
     union_of_tests: set[str] = set()
     for fold in range(1, 5):
-        train, test = user_split(REAL_PARA_SPLITS, fake_ids, fold)
+        train, test = user_split(real_para_splits, fake_ids, fold)
         assert not set(train) & set(test)
         assert set(train) | set(test) == everyone
         assert set(test) == read(f"TestUserIDs_Fold{fold}.txt")

@@ -24,31 +24,36 @@ from tests.imagegen import (
     orient_for_exif,
     photo_array,
     write_bomb_png,
+    write_broken_exif_jpeg,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-EXIF_SAMPLES = SHARED_DATA / "exif-samples"
 
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One file per failure reason; read-only (no test changes them)."""
     return make_bad_files(tmp_path_factory.mktemp("bad"))
 
 
-@pytest.fixture()
-def exif_samples() -> Path:
-    """The shared real-camera sample folder; tests using it skip in a checkout without ../shared."""
-    if not EXIF_SAMPLES.is_dir():
-        pytest.skip(f"shared EXIF samples not available at {EXIF_SAMPLES}")
-    return EXIF_SAMPLES
-
-
-def _reason(path: Path, **kwargs: int) -> str:
+def _error(path: Path, **kwargs: int) -> DecodeError:
     with pytest.raises(DecodeError) as info:
         decode_photo(path, **kwargs)
     err = info.value
-    assert err.reason in REASONS and err.message and str(err).startswith(err.reason)
-    return err.reason
+    assert err.reason in REASONS and str(err) == f"{err.reason}: {err.message}"
+    return err
+
+
+def _reason(path: Path, **kwargs: int) -> str:
+    return _error(path, **kwargs).reason
+
+
+# the sentence each bad fixture gives; PIL's own words for the bomb (after the parenthesis) vary between versions
+BAD_FILE_MESSAGES = {
+    "empty": "file is empty (0 bytes)",
+    "truncated": "image data is truncated",
+    "not_an_image": "file is not an image",
+    "decompression_bomb": "image is too large to decode safely (",
+    "unsupported_format": "file looks like a HEIF image but no decoder can open it",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -58,7 +63,12 @@ def _reason(path: Path, **kwargs: int) -> str:
 
 @pytest.mark.parametrize("reason", BAD_FILE_REASONS)
 def test_each_bad_file_gives_its_reason(bad_files: dict[str, Path], reason: str) -> None:
-    assert _reason(bad_files[reason]) == reason
+    err = _error(bad_files[reason])
+    assert err.reason == reason
+    if reason == "decompression_bomb":
+        assert err.message.startswith(BAD_FILE_MESSAGES[reason]) and err.message.endswith(")")
+    else:
+        assert err.message == BAD_FILE_MESSAGES[reason]
 
 
 def test_bad_file_fixtures_are_what_they_claim(bad_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,11 +81,12 @@ def test_bad_file_fixtures_are_what_they_claim(bad_files: dict[str, Path], monke
             assert im.size == (30000, 30000) and im.mode == "P"
     with Image.open(bad_files["truncated"]) as im, pytest.raises(OSError, match="truncated"):
         im.load()
-    with Image.open(bad_files["broken_exif"]) as im:
+    garbage = write_broken_exif_jpeg(bad_files["empty"].parent / "garbage_exif.jpg")
+    with Image.open(garbage) as im:
         im.load()  # the pixels are fine...
         raw = im.info["exif"]
     with pytest.raises(SyntaxError):
-        Image.Exif().load(raw)  # ...only the EXIF block cannot be parsed
+        Image.Exif().load(raw)  # ...only the EXIF block cannot be parsed (scored with a warning: test_hardening)
 
 
 def test_decode_error_survives_pickling() -> None:
@@ -187,9 +198,11 @@ def test_photo_folder_decodes_with_modes_kept_and_upright_sizes(tmp_path: Path) 
 
 def test_decoded_image_is_detached_from_the_file(tmp_path: Path) -> None:
     path = make_photo(tmp_path / "a.jpg", (64, 48))
+    expected = np.asarray(decode_photo(path).image)
     photo = decode_photo(path)
     path.unlink()
-    assert photo.image.tobytes()[:3] and photo.image.getpixel((0, 0)) is not None
+    assert photo.image.size == (64, 48)
+    np.testing.assert_array_equal(np.asarray(photo.image), expected)  # all pixels still there, file gone
 
 
 def test_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
@@ -353,15 +366,36 @@ def test_read_exif_on_real_camera_files(exif_samples: Path, name: str, make: str
     assert (info.camera_make, info.camera_model, info.taken_at, info.warning) == (make, model, taken_at, None)
 
 
-def test_hostile_real_files_only_ever_raise_decode_error(exif_samples: Path) -> None:
-    paths = sorted(p for sub in ("tests", "invalid") for p in (exif_samples / "jpg" / sub).iterdir())
-    paths = [p for p in paths if p.name != "README"]
-    assert len(paths) >= 10
+# exifread's regression samples (tests/) and files with broken metadata (invalid/): upright size, EXIF warning
+HOSTILE_SAMPLES: dict[str, tuple[int, int, str | None]] = {
+    "invalid/image00971.jpg": (636, 227, None),
+    "invalid/image01088.jpg": (425, 120, None),
+    "invalid/image01137.jpg": (88, 64, None),
+    "invalid/image01551.jpg": (61, 58, None),
+    "invalid/image01713.jpg": (49, 500, None),
+    "invalid/image01980.jpg": (284, 25, None),
+    "invalid/image02206.jpg": (65, 65, None),
+    "tests/11-tests.jpg": (1136, 775, None),
+    "tests/22-canon_tags.jpg": (1600, 1200, None),
+    "tests/28-hex_value.jpg": (1704, 2272, None),
+    "tests/30-type_error.jpg": (3872, 2403, "exif: Possibly corrupted IFD: EXIF"),
+    "tests/32-lens_data.jpeg": (200, 133, None),
+    "tests/33-type_error.jpg": (2560, 1600, None),
+    "tests/35-empty.jpg": (2164, 1626, None),
+    "tests/36-memory_error.jpg": (1600, 1200, None),
+    "tests/42_IndexError.jpg": (4032, 3024, None),
+    "tests/45-gps_ifd.jpg": (1600, 900, "exif: No values found for GPS SubIFD"),
+    "tests/67-0_length_string.jpg": (4032, 2012, None),
+    "tests/87_OSError.jpg": (1488, 2240, None),
+}
+
+
+def test_hostile_real_files_decode_with_their_sizes_and_exif_warnings(exif_samples: Path) -> None:
+    jpg = exif_samples / "jpg"
+    paths = sorted(p for sub in ("tests", "invalid") for p in (jpg / sub).iterdir() if p.name != "README")
+    got = {}
     for path in paths:
-        assert isinstance(read_exif(path), ExifInfo)
-        try:
-            photo = decode_photo(path)
-        except DecodeError as err:
-            assert err.reason in REASONS
-        else:
-            assert photo.width > 0
+        photo = decode_photo(path)  # a DecodeError here fails the test: every one of them is a valid picture
+        assert read_exif(path).warning == photo.exif.warning
+        got[path.relative_to(jpg).as_posix()] = (photo.width, photo.height, photo.exif.warning)
+    assert got == HOSTILE_SAMPLES

@@ -8,9 +8,9 @@ import torch
 
 from pmllm_batch.errors import ConfigError, ModelLoadError
 from pmllm_batch.model.config import ModelCfg
-from pmllm_batch.model.fused_lm import FusedLM, decoder_layers
+from pmllm_batch.model.fused_lm import DECODER_LAYERS_PATHS, FusedLM, decoder_layers
 from pmllm_batch.model.pmllm import PMLLM
-from pmllm_batch.model.prompts import IMAGE_TAG, build_prompt, render_persona
+from pmllm_batch.model.prompts import IMAGE_WORD, build_prompt, render_persona
 from pmllm_batch.model.readout import expected_score, soft_targets
 from pmllm_batch.profiles import Profile
 from pmllm_batch.runtime.preprocess import PreprocessCfg
@@ -174,10 +174,17 @@ def test_adapter_save_load_gives_identical_scores_and_rejects_other_llms(tmp_pat
         torch.testing.assert_close(fresh.score_full(fresh.prompt(PROFILE), vis_b).scores,
                                    model.score_full(model.prompt(PROFILE), vis_a).scores, atol=0, rtol=0)
     other = _model("qwen2", demo_tokenizer)
-    with pytest.raises(ModelLoadError, match="trained for lm"):
+    with pytest.raises(ModelLoadError) as e4:
         load_adapter(other, tmp_path / "ad")
-    with pytest.raises(ModelLoadError, match="not an adapter checkpoint"):
+    with pytest.raises(ModelLoadError) as e5:
         load_adapter(fresh, tmp_path)
+    assert str(e4.value) == (
+        f"adapter {tmp_path / 'ad'} was trained for lm tiny-llama (model_type llama) but the loaded lm has "
+        "model_type qwen2."
+    )
+    assert str(e5.value) == (
+        f"{tmp_path} is not an adapter checkpoint (expected pmllm_config.json and adapter.safetensors)."
+    )
 
 
 def test_soft_targets_expectation_equals_the_rating():
@@ -201,7 +208,7 @@ def test_persona_renders_every_field_and_coarse_profiles(demo_tokenizer):
     assert "no personal details" in render_persona(Profile(name="n"))
     prompt = build_prompt(demo_tokenizer, text)
     # the suffix starts exactly at the image tag and is profile-independent
-    assert demo_tokenizer.decode(prompt.suffix_ids).replace(" ", "").startswith(IMAGE_TAG)
+    assert demo_tokenizer.convert_ids_to_tokens(prompt.suffix_ids)[0] == IMAGE_WORD
     assert build_prompt(demo_tokenizer, coarse).suffix_ids == prompt.suffix_ids
     assert demo_tokenizer.decode(prompt.prefix_ids).startswith("<s> <|system|>")  # the chat template is used
 
@@ -223,16 +230,24 @@ def test_decoder_layers_are_found_by_model_type_with_an_override(demo_tokenizer)
         lm = cls(cfg(**small))
         assert len(decoder_layers(lm)) == 2
         fused = FusedLM(lm, [0, 1])
-        assert len(list(fused.fusion_params())) > 0
+        # per layer: LayerNorm (w, b), to_q, to_kv, to_out, to_gate (w, b) -> 5 D^2 + 3 D numbers, D = 32
+        params = list(fused.fusion_params())
+        assert len(params) == 2 * 7 and sum(p.numel() for p in params) == 2 * (5 * 32**2 + 3 * 32)
     lm = _tiny_lm("llama", 64)
     lm.config.model_type = "mystery"
-    with pytest.raises(ConfigError, match="decoder_layers_path"):
+    with pytest.raises(ConfigError) as e1:
         decoder_layers(lm)
     assert len(decoder_layers(lm, "model.layers")) == 4
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError) as e2:
         decoder_layers(lm, "model.blocks")
-    with pytest.raises(ConfigError, match="layer_ids"):
+    with pytest.raises(ConfigError) as e3:
         FusedLM(_tiny_lm("llama", 64), [7])
+    assert str(e1.value) == (
+        "don't know where the decoder layers of model_type 'mystery' are; set lm.decoder_layers_path "
+        f"(known types: {', '.join(sorted(DECODER_LAYERS_PATHS))})."
+    )
+    assert str(e2.value) == "lm.decoder_layers_path 'model.blocks' does not exist on LlamaForCausalLM."
+    assert str(e3.value) == "fusion.layer_ids [7] must be distinct indices below 4 decoder layers."
 
 
 def test_open_gate_control_differs_from_selective_gate(demo_tokenizer):
@@ -252,8 +267,10 @@ def test_offline_missing_llm_is_one_sentence_naming_what_to_download(tmp_path, m
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelLoadError) as err:
         load_lm_and_tokenizer("meta-llama/Llama-3.1-8B-Instruct", offline=True)
-    msg = str(err.value)
-    assert "offline = true" in msg and "meta-llama/Llama-3.1-8B-Instruct" in msg and "\n" not in msg
+    assert str(err.value) == (
+        "LLM not found in the Hugging Face cache (meta-llama/Llama-3.1-8B-Instruct) and offline = true; download it "
+        "once with `hf download meta-llama/Llama-3.1-8B-Instruct`, or set [model] lm_path to a local folder."
+    )
 
 
 def test_offline_missing_open_clip_weights_is_one_sentence(tmp_path):
@@ -262,8 +279,11 @@ def test_offline_missing_open_clip_weights_is_one_sentence(tmp_path):
 
     with pytest.raises(ModelLoadError) as err:
         build_vision_tower(VisionCfg(model_name="ViT-B-32", pretrained="openai"), offline=True, cache_dir=str(tmp_path))
-    msg = str(err.value)
-    assert "ViT-B-32/openai" in msg and "offline = true" in msg and "\n" not in msg
+    assert str(err.value) == (
+        "open_clip weights ViT-B-32/openai are not in the local cache and offline = true; download them once with "
+        "network access (Hugging Face repo timm/vit_base_patch32_clip_224.openai) or set vision.checkpoint to a "
+        "local file."
+    )
 
 
 def test_presets_exist_and_unknown_preset_lists_them():
@@ -274,20 +294,23 @@ def test_presets_exist_and_unknown_preset_lists_them():
     assert paper.vision.model_name == "ViT-L-14-336" and paper.vision.pretrained == "openai"
     assert paper.fusion.layer_ids == [0, 1, 2] and paper.projector_type == "mlp2x_gelu"
     assert "Llama-3" in paper.lm.name_or_path
-    with pytest.raises(ConfigError, match="available presets: .*demo"):
+    with pytest.raises(ConfigError) as err:
         get_preset("nope")
+    assert str(err.value) == (
+        f"unknown preset 'nope'; available presets: {', '.join(sorted(list_presets()))} "
+        "(or give the path of a preset .json)."
+    )
 
 
-def test_demo_preset_builds_offline_and_prefix_cache_matches(tmp_path):
-    from pmllm_batch.model.factory import create_model
-
-    model = create_model("demo", checkpoint="none", offline=True)
-    assert model.cfg.demo
+def test_demo_preset_builds_offline_and_prefix_cache_matches(fresh_demo_model):
+    model = fresh_demo_model  # create_model("demo", checkpoint="none", offline=True), perturbed below
+    assert model.cfg.demo is True
     _perturb(model)
     px = torch.randn(3, 3, model.preprocess.image_size, model.preprocess.image_size)
     with torch.no_grad():
         vis = model.encode_images(px)
-        assert vis.shape == (3, model.tower.num_tokens(model.preprocess.image_size), 64)
+        assert model.tower.num_tokens(model.preprocess.image_size) == 64  # (96 / 12)^2 patches
+        assert vis.shape == (3, 64, 64)
         full = model.score_full(model.prompt(PROFILE), vis).scores
         cached = model.score_cached(model.encode_prefix(PROFILE), vis).scores
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)

@@ -1,7 +1,8 @@
 """ONNX vision export and runners: graph contract, parity with torch, int8 fidelity, artefact cache.
 
-The tiny ``demo`` model with an untrained adapter (``checkpoint="none"``: random, non-trivial projector)
-is exported once per module with the default (dynamo) exporter. Tests of the cache logic export through
+The tiny ``demo`` model with an untrained adapter (``checkpoint="none"``: random, non-trivial projector; the
+session's read-only ``demo_model``, or ``fresh_demo_model`` where a test changes it) is exported once per module
+with the default (dynamo) exporter. Tests of the cache logic export through
 the TorchScript fallback instead, which is ~10x faster and also proves that the fallback yields a valid graph.
 """
 
@@ -74,28 +75,23 @@ def real_photos() -> list[Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def model():
-    from pmllm_batch.model.factory import create_model
-
-    torch.manual_seed(0)
-    return create_model("demo", checkpoint="none", offline=True)
-
-
-@pytest.fixture(scope="module")
-def exported(model, tmp_path_factory) -> dict[str, Path]:
+def exported(demo_model_base, tmp_path_factory) -> dict[str, Path]:
+    model = demo_model_base
     return export_for_model(model, tmp_path_factory.mktemp("onnx") / "demo", fingerprint=fingerprint(model))
 
 
 @pytest.fixture(scope="module")
-def pixels(model) -> np.ndarray:
+def pixels(demo_model_base) -> np.ndarray:
     """(8, 3, S, S) float32, normalised random pixels."""
+    model = demo_model_base
     return np.random.default_rng(0).standard_normal(
         (8, 3, model.preprocess.image_size, model.preprocess.image_size), dtype=np.float32
     )
 
 
 @pytest.fixture(scope="module")
-def runners(model, exported) -> dict[str, VisionRunner]:
+def runners(demo_model_base, exported) -> dict[str, VisionRunner]:
+    model = demo_model_base
     onnx_dir = exported["meta"].parent
     return {
         "fp32": OnnxVisionRunner(onnx_dir, "fp32", providers=["CPUExecutionProvider"]),
@@ -120,40 +116,40 @@ def _fast_exports(monkeypatch) -> None:
 
 class TestGraphContract:
     @pytest.mark.parametrize("variant", [VISION_FP32, VISION_INT8])
-    def test_io_names_and_dynamic_batch_axis(self, exported, model, variant):
+    def test_io_names_and_dynamic_batch_axis(self, exported, demo_model, variant):
         graph = onnx.load(str(exported["meta"].parent / variant)).graph
         assert [i.name for i in graph.input] == [INPUT_NAME]
         assert [o.name for o in graph.output] == [OUTPUT_NAME]
-        s = model.preprocess.image_size
+        s = demo_model.preprocess.image_size
         in_dims = graph.input[0].type.tensor_type.shape.dim
         out_dims = graph.output[0].type.tensor_type.shape.dim
         assert in_dims[0].dim_param == "batch" and out_dims[0].dim_param == "batch"
         assert [d.dim_value for d in in_dims[1:]] == [3, s, s]
-        assert [d.dim_value for d in out_dims[1:]] == list(token_shape(model))
+        assert [d.dim_value for d in out_dims[1:]] == list(token_shape(demo_model))
 
-    def test_artefact_folder_contents(self, exported, model):
+    def test_artefact_folder_contents(self, exported, demo_model):
         meta = json.loads(exported["meta"].read_text())
         assert set(exported) == {"fp32", "int8", "preprocess", "meta"}
-        assert (meta["num_tokens"], meta["dim"]) == token_shape(model)
-        assert meta["image_size"] == model.preprocess.image_size
+        assert (meta["num_tokens"], meta["dim"]) == token_shape(demo_model)
+        assert meta["image_size"] == demo_model.preprocess.image_size
         assert meta["graph_ids"]["fp32"] == onnx_export.graph_id(exported["fp32"])
         assert meta["graph_ids"]["int8"] == onnx_export.graph_id(exported["int8"])
         assert meta["graph_ids"]["fp32"] != meta["graph_ids"]["int8"]
         assert meta["preset"] == "demo" and meta["exporter"] == "dynamo"
-        assert meta["model_fingerprint"] == fingerprint(model)
-        assert PreprocessCfg.load_json(exported["preprocess"]) == model.preprocess
+        assert meta["model_fingerprint"] == fingerprint(demo_model)
+        assert PreprocessCfg.load_json(exported["preprocess"]) == demo_model.preprocess
         leftovers = [p.name for p in exported["meta"].parent.parent.iterdir() if ".tmp-" in p.name]
         assert leftovers == []
 
 
 class TestParity:
     @pytest.mark.parametrize("batch", [1, 8])
-    def test_onnx_fp32_equals_torch(self, model, runners, pixels, batch):
+    def test_onnx_fp32_equals_torch(self, demo_model, runners, pixels, batch):
         x = pixels[:batch]
         with torch.inference_mode():
-            ref = model.vision_encoder()(torch.from_numpy(x)).numpy()
+            ref = demo_model.vision_encoder()(torch.from_numpy(x)).numpy()
         out = runners["fp32"].encode(x)
-        assert out.shape == ref.shape == (batch, *token_shape(model))
+        assert out.shape == ref.shape == (batch, *token_shape(demo_model))
         assert out.dtype == np.float32
         assert np.abs(out - ref).max() < PARITY_ATOL
 
@@ -172,19 +168,19 @@ class TestParity:
         alone = runners["int8"].encode(pixels[2:3])[0]
         assert cosine_per_token(alone[None], batched[2:3]).mean() > 0.999
 
-    def test_runners_satisfy_the_protocol(self, runners, model):
+    def test_runners_satisfy_the_protocol(self, runners, demo_model):
         for runner in runners.values():
             assert isinstance(runner, VisionRunner)
-            assert (runner.num_tokens, runner.dim) == token_shape(model)
-            assert runner.preprocess == model.preprocess
+            assert (runner.num_tokens, runner.dim) == token_shape(demo_model)
+            assert runner.preprocess == demo_model.preprocess
         ids = {r.graph_id for r in runners.values()}
         assert len(ids) == 3  # fp32, int8 and torch tokens never share a cache key
         assert runners["torch"].graph_id.startswith("torch-")
 
 
 class TestInt8:
-    def test_cosine_on_real_photos(self, model, runners):
-        x = preprocess_batch(real_photos(), model.preprocess)
+    def test_cosine_on_real_photos(self, demo_model, runners):
+        x = preprocess_batch(real_photos(), demo_model.preprocess)
         fp32, int8 = runners["fp32"].encode(x), runners["int8"].encode(x)
         assert np.abs(fp32).max() > 0.1  # the projector is random, not trivial: the check means something
         cos = cosine_per_token(fp32, int8)
@@ -244,15 +240,16 @@ class TestRunners:
         with pytest.raises(ValueError):
             runner.encode(np.zeros((3, s, s), np.float32))
 
-    def test_unknown_backend_or_variant(self, model, tmp_path):
+    def test_unknown_backend_or_variant(self, demo_model, tmp_path):
         with pytest.raises(ConfigError):
-            load_vision_runner(model, fingerprint=fingerprint(model), backend="tensorrt", cache_root=tmp_path)
+            load_vision_runner(demo_model, fingerprint=fingerprint(demo_model), backend="tensorrt", cache_root=tmp_path)
         with pytest.raises(ConfigError):
-            load_vision_runner(model, fingerprint=fingerprint(model), variant="int4", cache_root=tmp_path)
+            load_vision_runner(demo_model, fingerprint=fingerprint(demo_model), variant="int4", cache_root=tmp_path)
         assert not any(tmp_path.iterdir())  # nothing exported for a bad request
 
-    def test_torch_backend(self, model, tmp_path):
-        runner = load_vision_runner(model, fingerprint=fingerprint(model), backend="torch", cache_root=tmp_path)
+    def test_torch_backend(self, demo_model, tmp_path):
+        fp = fingerprint(demo_model)
+        runner = load_vision_runner(demo_model, fingerprint=fp, backend="torch", cache_root=tmp_path)
         assert isinstance(runner, TorchVisionRunner)
         assert not any(tmp_path.iterdir())
 
@@ -263,7 +260,8 @@ class TestRunners:
 
 
 class TestCache:
-    def test_ensure_exports_once_reuses_and_is_keyed_by_fingerprint(self, model, tmp_path, monkeypatch):
+    def test_ensure_exports_once_reuses_and_is_keyed_by_fingerprint(self, fresh_demo_model, tmp_path, monkeypatch):
+        model = fresh_demo_model  # its projector is changed below
         _fast_exports(monkeypatch)
         exports: list[Path] = []
         real = onnx_export._export_into
@@ -286,28 +284,22 @@ class TestCache:
         assert len(exports) == 2 and (first / VISION_INT8).is_file()
 
         # a changed projector is a different model: a different folder, the old one untouched
-        weight = model.projector[0].weight
-        saved = weight.detach().clone()
-        try:
-            with torch.no_grad():
-                weight.add_(0.05)
-            second = ensure_vision_onnx(model, tmp_path, fingerprint(model))
-        finally:
-            with torch.no_grad():
-                weight.copy_(saved)
+        with torch.no_grad():
+            model.projector[0].weight.add_(0.05)
+        second = ensure_vision_onnx(model, tmp_path, fingerprint(model))
         assert second != first and second.name != first.name
         assert len(exports) == 3 and first.is_dir() and second.is_dir()
         assert json.loads((second / META_FILE).read_text())["exporter"] == "torchscript"
 
-    def test_load_vision_runner_onnx_uses_the_cache(self, model, tmp_path, monkeypatch):
+    def test_load_vision_runner_onnx_uses_the_cache(self, demo_model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
         runner = load_vision_runner(
-            model, fingerprint=fingerprint(model), cache_root=tmp_path, providers=["CPUExecutionProvider"]
+            demo_model, fingerprint=fingerprint(demo_model), cache_root=tmp_path, providers=["CPUExecutionProvider"]
         )
         assert isinstance(runner, OnnxVisionRunner) and runner.variant == "int8"
         again = load_vision_runner(
-            model,
-            fingerprint=fingerprint(model),
+            demo_model,
+            fingerprint=fingerprint(demo_model),
             cache_root=tmp_path,
             variant="fp32",
             providers=["CPUExecutionProvider"],
@@ -315,32 +307,30 @@ class TestCache:
         assert again.onnx_dir == runner.onnx_dir
         assert len([p for p in tmp_path.iterdir()]) == 1
 
-    def test_corrupt_cached_graph_is_exported_again(self, model, tmp_path, monkeypatch):
+    def test_corrupt_cached_graph_is_exported_again(self, demo_model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
-        onnx_dir = ensure_vision_onnx(model, tmp_path, fingerprint(model))
+        onnx_dir = ensure_vision_onnx(demo_model, tmp_path, fingerprint(demo_model))
         (onnx_dir / VISION_INT8).write_bytes(b"not a protobuf")
         runner = load_vision_runner(
-            model, fingerprint=fingerprint(model), cache_root=tmp_path, providers=["CPUExecutionProvider"]
+            demo_model, fingerprint=fingerprint(demo_model), cache_root=tmp_path, providers=["CPUExecutionProvider"]
         )
-        s = model.preprocess.image_size
-        assert runner.encode(np.zeros((1, 3, s, s), np.float32)).shape == (1, *token_shape(model))
+        s = demo_model.preprocess.image_size
+        assert runner.encode(np.zeros((1, 3, s, s), np.float32)).shape == (1, *token_shape(demo_model))
 
-    def test_without_vision_tower_a_cached_graph_is_enough(self, model, tmp_path, monkeypatch):
+    def test_without_vision_tower_a_cached_graph_is_enough(self, fresh_demo_model, tmp_path, monkeypatch):
+        model = fresh_demo_model  # its tower is dropped below
         _fast_exports(monkeypatch)
-        onnx_dir = ensure_vision_onnx(model, tmp_path, fingerprint(model))
-        tower = model.tower
-        try:
-            model.tower = None  # what create_model(with_vision=False) gives
-            assert ensure_vision_onnx(model, tmp_path, fingerprint(model)) == onnx_dir
-            with pytest.raises(ModelLoadError, match="without its vision tower"):
-                ensure_vision_onnx(model, tmp_path / "elsewhere", fingerprint(model))
-        finally:
-            model.tower = tower
+        fp = fingerprint(model)
+        onnx_dir = ensure_vision_onnx(model, tmp_path, fp)
+        model.tower = None  # what create_model(with_vision=False) gives
+        assert ensure_vision_onnx(model, tmp_path, fp) == onnx_dir
+        with pytest.raises(ModelLoadError, match="without its vision tower"):
+            ensure_vision_onnx(model, tmp_path / "elsewhere", fp)
 
-    def test_failed_export_leaves_nothing_behind(self, model, tmp_path, monkeypatch):
+    def test_failed_export_leaves_nothing_behind(self, demo_model, tmp_path, monkeypatch):
         _fast_exports(monkeypatch)
         out = tmp_path / "art"
-        export_for_model(model, out, fingerprint=fingerprint(model), int8=False)
+        export_for_model(demo_model, out, fingerprint=fingerprint(demo_model), int8=False)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
 
         def boom(src, dst):
@@ -348,17 +338,17 @@ class TestCache:
 
         monkeypatch.setattr(onnx_export, "quantize_int8", boom)
         with pytest.raises(RuntimeError, match="killed"):
-            export_for_model(model, out, fingerprint=fingerprint(model))
+            export_for_model(demo_model, out, fingerprint=fingerprint(demo_model))
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export is intact
         assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temporary folder left
         with pytest.raises(RuntimeError):
-            export_for_model(model, tmp_path / "fresh", fingerprint=fingerprint(model))
+            export_for_model(demo_model, tmp_path / "fresh", fingerprint=fingerprint(demo_model))
         assert not (tmp_path / "fresh").exists()
 
-    def test_refuses_a_folder_with_other_files(self, model, tmp_path):
+    def test_refuses_a_folder_with_other_files(self, demo_model, tmp_path):
         (tmp_path / "notes.txt").write_text("mine")
         with pytest.raises(ModelLoadError, match="other files"):
-            export_for_model(model, tmp_path, fingerprint=fingerprint(model))
+            export_for_model(demo_model, tmp_path, fingerprint=fingerprint(demo_model))
         assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

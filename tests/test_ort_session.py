@@ -85,8 +85,12 @@ class TestChooseProviders:
         with caplog.at_level(logging.WARNING, logger="pmllm_batch"):
             chosen = choose_providers(["FooExecutionProvider", "TensorrtExecutionProvider", CUDA, CPU])
         assert chosen == [CUDA, CPU]
-        warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-        assert "FooExecutionProvider" in warned and "TensorrtExecutionProvider" in warned
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        supported = ", ".join(ort_session.SUPPORTED_PROVIDERS)
+        assert warned == [
+            f"ignoring execution provider FooExecutionProvider: pmllm-batch supports {supported}",
+            f"ignoring execution provider TensorrtExecutionProvider: pmllm-batch supports {supported}",
+        ]
 
     def test_explicit_availability_skips_onnxruntime(self, monkeypatch):
         monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: pytest.fail("must not be called"))
@@ -100,11 +104,14 @@ class TestCreateSession:
         with pytest.raises(ModelLoadError) as err:
             create_session(bad, providers=[CPU])
         message = str(err.value)
-        assert str(bad) in message and "\n" not in message
+        # onnxruntime's own words in the parenthesis vary between its versions
+        assert message.startswith(f"cannot load ONNX model {bad} (") and "\n" not in message
+        assert message.endswith("); delete it to have it re-exported.")
 
     def test_missing_file_is_a_model_load_error(self, tmp_path):
-        with pytest.raises(ModelLoadError, match="does not exist"):
+        with pytest.raises(ModelLoadError) as err:
             create_session(tmp_path / "nope.onnx")
+        assert str(err.value) == f"ONNX model {tmp_path / 'nope.onnx'} does not exist."
 
     def test_runs_a_valid_model_on_cpu(self, tiny_onnx, available):
         available(CPU)

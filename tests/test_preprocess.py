@@ -34,7 +34,6 @@ open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
 ATOL = 1e-5
-EXIF_ORIENTATION_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "exif-samples" / "jpg" / "orientation"
 
 # (width, height): landscape, portrait, smaller than the input, odd sizes, exactly square, off-by-one, extreme.
 SIZES = [(400, 300), (300, 450), (120, 90), (333, 217), (217, 333), (224, 224), (337, 336), (41, 700)]
@@ -135,11 +134,11 @@ def test_matches_open_clip_on_decoded_orientation_fixtures(tmp_path: Path, image
         np.testing.assert_array_equal(out, outputs[0])
 
 
-def test_matches_open_clip_on_real_orientation_samples() -> None:
-    if not EXIF_ORIENTATION_DIR.is_dir():
-        pytest.skip(f"shared EXIF samples not available at {EXIF_ORIENTATION_DIR}")
+def test_matches_open_clip_on_real_orientation_samples(exif_samples: Path) -> None:
     cfg = _openai_cfg(224)
-    for path in sorted(EXIF_ORIENTATION_DIR.glob("*.jpg")):
+    paths = sorted((exif_samples / "jpg" / "orientation").glob("*.jpg"))
+    assert len(paths) == 16  # landscape and portrait, EXIF orientations 1 to 8
+    for path in paths:
         _assert_parity(decode_photo(path).image, cfg)
 
 

@@ -443,3 +443,29 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_the_daemon_keeps_sidecars_fresh_when_xmp_profile_is_set(env: CLIEnv, tmp_path: Path) -> None:
+    lib = tmp_path / "watched"
+    make_photo_folder(lib)
+    code, _, err = env.run_cli("profile", "add", str(REPO / "examples" / "profiles" / "ana.toml"))
+    assert code == 0, err
+    env.write_config('[xmp]\nprofile = "ana"\n')
+    before = photos_of(lib)
+    code, _, err = env.run_cli("watch", str(lib), "--once", "--settle", "0")
+    assert code == 0, err
+    with env.store() as store:
+        ranking = store.ranking("ana")
+    assert len(ranking) == 10  # make_photo_folder's 10 photos
+    assert sorted(p.name for p in lib.rglob("*.xmp")) == sorted(f"{Path(r.path).name}.xmp" for r in ranking)
+    stars = {r.path: read_exiv2(sidecar(r.path))["Xmp.xmp.Rating"] for r in ranking}
+    assert stars[ranking[0].path] == ["5"]
+    assert all(v[0] in {"1", "2", "3", "4", "5"} for v in stars.values())
+    assert photos_of(lib) == before  # only sidecars were added
+    # without the key the daemon writes none
+    other = tmp_path / "plain"
+    make_photo_folder(other)
+    env.write_config("")
+    code, _, err = env.run_cli("watch", str(other), "--once", "--settle", "0")
+    assert code == 0, err
+    assert not list(other.rglob("*.xmp"))

@@ -41,8 +41,9 @@ from typing import Any
 
 from pmllm_batch.daemon.watcher import EVENT_FILTER, PhotoEventHandler, SettleTracker, watch_for_overflow
 from pmllm_batch.db.store import ProfileRow, Store
-from pmllm_batch.errors import DBAccessError, ProfileError
+from pmllm_batch.errors import DBAccessError, ProfileError, UserError
 from pmllm_batch.log import get_logger
+from pmllm_batch.outputs.xmp import refresh_sidecars
 from pmllm_batch.scorer import LibraryScorer, ModelCache, RunSummary
 from pmllm_batch.scorer.batch import check_folder
 
@@ -426,6 +427,31 @@ class WatchService:
         if self._stop or not self._profiles:
             return
         self.scorer.score_profiles(self._profiles, summary)
+        if summary.scored or summary.missing:
+            self._refresh_sidecars()
+
+    def _refresh_sidecars(self) -> None:
+        """``[xmp] profile = "NAME"``: keep that person's stars and everyone's keywords fresh in the sidecars.
+
+        Every sidecar is looked at (new photos move older photos' percentile stars); only changed ones are written.
+        A problem is logged and never stops the daemon.
+        """
+        if not self.settings.xmp.profile:
+            return
+        try:
+            result = refresh_sidecars(self.store, self.settings)
+        except UserError as exc:
+            log.warning("xmp sidecars not refreshed: %s", exc)
+            return
+        problems = ", ".join(f"{n} {reason}" for reason, n in result.problem_counts().items())
+        log.info(
+            "xmp sidecars for %s: %d created, %d updated, %d unchanged%s",
+            result.profile,
+            result.created,
+            result.updated,
+            result.unchanged,
+            f"; problems: {problems}" if problems else "",
+        )
 
     def _reconcile(self, reason: str) -> None:
         """The source of truth: walk every root, read what changed, mark what is gone, score what is missing.
