@@ -18,13 +18,18 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import pytest
 
 from pmllm_batch.db import Store
 from pmllm_batch.log import LOGGER_NAME
+
+T = TypeVar("T")
 
 _XDG_VARS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")
 
@@ -161,3 +166,30 @@ def tree_digest(root: Path) -> dict[str, str]:
         else:
             digest[rel] = "dir"
     return digest
+
+
+def wait_until(
+    cond: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    context: Callable[[], str] | None = None,
+    gone: Callable[[], str | None] | None = None,
+) -> T:
+    """Poll ``cond`` until it returns something truthy (``timeout`` is a hang guard, never a speed check).
+
+    Args:
+        context: text appended to the failure (a log tail), read only when the test fails.
+        gone: returns a sentence when waiting is pointless (a daemon that exited), else None.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        reason = gone() if gone is not None else None
+        if reason is not None:
+            pytest.fail(f"{reason} while waiting for {what}\n{context() if context else ''}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{context() if context else ''}")
+        time.sleep(0.02)

@@ -47,6 +47,7 @@ from watchdog.events import (
 from pmllm_batch.daemon.watcher import PhotoEventHandler, SettleTracker, watch_for_overflow
 from pmllm_batch.scan.plan import PathFilter
 from tests.helpers import CLIEnv, isolated_env
+from tests.helpers import wait_until as _wait_until
 from tests.imagegen import make_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,18 +79,15 @@ def photo(path: Path, seed: int) -> Path:
 
 
 def wait_until(cond: Callable[[], T], timeout: float, what: str, daemon: Daemon | None = None) -> T:
-    """Poll ``cond`` until it returns something truthy; fail with the daemon's log when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if daemon is not None and daemon.proc.poll() is not None:
-            pytest.fail(f"daemon exited with {daemon.proc.returncode} while waiting for {what}\n{daemon.log()}")
-        if time.monotonic() > deadline:
-            tail = daemon.log()[-4000:] if daemon is not None else ""
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
-        time.sleep(0.02)
+    """:func:`tests.helpers.wait_until`, failing with the daemon's log (and at once when the daemon exited)."""
+    if daemon is None:
+        return _wait_until(cond, timeout, what)
+    exited = daemon.proc
+
+    def gone() -> str | None:
+        return None if exited.poll() is None else f"daemon exited with {exited.returncode}"
+
+    return _wait_until(cond, timeout, what, context=lambda: daemon.log()[-4000:], gone=gone)
 
 
 BATCH_RE = re.compile(

@@ -29,7 +29,7 @@ import pytest
 from pmllm_batch.cli.app import COMMAND_MODULES, _subparsers_of, build_parser
 from pmllm_batch.db import Store
 from pmllm_batch.errors import DBAccessError, DBUnavailableError
-from tests.helpers import CLIEnv
+from tests.helpers import CLIEnv, wait_until
 from tests.imagegen import make_photo, write_broken_exif_jpeg, write_truncated_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,17 +135,6 @@ def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
-
-
-def wait_until(cond: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def settings_for(env: CLIEnv, **watch: Any) -> Any:

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ import pytest
 
 from pmllm_batch.db.engine import PG_WORK_LOCK_KEY
 from tests.helpers import CLIEnv
+from tests.helpers import wait_until as _wait_until
 from tests.imagegen import make_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,12 +128,6 @@ def pg_server() -> Iterator[PostgresServer]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for every model load of the module, so the demo's ONNX graph is exported once."""
-    return tmp_path_factory.mktemp("pmllm-cache")
-
-
 @pytest.fixture
 def pg(pg_server: PostgresServer, env: CLIEnv, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh database on the server, as a URL; the CLI and children use it and the shared model cache."""
@@ -147,17 +141,12 @@ def pg(pg_server: PostgresServer, env: CLIEnv, model_cache: Path, monkeypatch: p
 
 
 def wait_until(cond: Callable[[], T], timeout: float, what: str, logs: list[Path] | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(
-                f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs or [] if p.exists()
-            )
-            pytest.fail(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.05)
+    """:func:`tests.helpers.wait_until`, failing with the tails of the daemons' logs."""
+
+    def tails() -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs or [] if p.exists())
+
+    return _wait_until(cond, timeout, what, context=tails)
 
 
 def query(server: PostgresServer, url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
