@@ -251,14 +251,16 @@ def test_the_offline_error_names_every_missing_file_and_keys_the_config_accepts(
     assert json.loads(out.splitlines()[-1])["scored"] == 7
 
 
-def test_an_unknown_preset_names_the_shipped_ones_and_the_file_form(env: Any) -> None:
-    code, _, err = env.run_cli("--preset", "nope", "rank", ".")
+def test_an_unknown_preset_names_the_shipped_ones_and_the_file_form(env: Any, example_photos) -> None:
+    _add_profiles(env, "ana")
+    photos = str(example_photos[0].parent)
+    code, _, err = env.run_cli("--preset", "nope", "rank", photos)
     assert code == 2
     assert err == (
         "pmllm-batch: error: unknown preset 'nope'; available presets: cpu, demo, paper, smol (or give the path of a "
         "preset .json).\n"
     )
-    code, _, err = env.run_cli("--preset", "/no/such/preset.json", "rank", ".")
+    code, _, err = env.run_cli("--preset", "/no/such/preset.json", "rank", photos)
     assert code == 2
     assert err.startswith("pmllm-batch: error: preset file /no/such/preset.json does not exist;")
 
