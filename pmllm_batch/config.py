@@ -2,7 +2,8 @@
 
 Layers, later wins (beets ``_bootstrap_config``, immich ``Settings``):
 
-1. shipped defaults, ``pmllm_batch/config_default.toml`` (every key, documented);
+1. the defaults: the dataclass field defaults below, the one place they are set (the repo's documented
+   ``config.toml`` lists every key with its default and a comment; ``tests/test_config.py`` checks the two agree);
 2. the user's file: the explicit ``path`` (``--config``), else ``$PMLLM_CONFIG``, else
    ``$XDG_CONFIG_HOME/pmllm-batch/config.toml`` / ``~/.config/pmllm-batch/config.toml`` when it exists;
 3. environment variables ``PMLLM_<SECTION>__<KEY>``, each read as a TOML value and else as text;
@@ -20,7 +21,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -30,7 +30,7 @@ APP_NAME = "pmllm-batch"
 ENV_PREFIX = "PMLLM_"
 ENV_CONFIG = "PMLLM_CONFIG"
 DB_FILENAME = "library.sqlite"
-DEFAULTS_LABEL = "shipped defaults (pmllm_batch/config_default.toml)"
+DEFAULTS_LABEL = "the defaults (pmllm_batch/config.py)"
 CLI_LABEL = "command-line option"
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -45,7 +45,7 @@ def _minimum(value: float) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Sections (defaults mirror config_default.toml; a test keeps the two equal)
+# Sections: the field defaults are THE defaults (config.toml documents them; a test keeps the two equal)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -89,6 +89,7 @@ class ScanSettings:
     extensions: tuple[str, ...] = ()  # () = built-in list
     max_pixels: int = field(default=100_000_000, metadata=_minimum(1))  # decompression-bomb guard
     follow_symlinks: bool = True
+    min_side: int = field(default=24, metadata=_minimum(0))  # shorter side below this: skipped as too_small
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,26 @@ class ReportSettings:
     thumb_size: int = field(default=320, metadata=_minimum(32))  # longest thumbnail side, pixels
 
 
+@dataclass(frozen=True)
+class GroupSettings:
+    """[group]: bursts and near-duplicates, shown once per person (that person's best) in every output.
+
+    Two photos are linked when their pooled visual embeddings have a cosine similarity of at least ``similarity``
+    and their capture times are at most ``seconds`` apart, or, when either capture time is unknown, of at least
+    ``similarity_untimed``; a group is every photo linked to it, directly or through others.
+    """
+
+    enabled: bool = True  # group in rank/export/albums/report/xmp (each also takes --no-group)
+    similarity: float = field(default=0.95, metadata=_minimum(0))  # both capture times known, within seconds
+    similarity_untimed: float = field(default=0.995, metadata=_minimum(0))  # a capture time is unknown
+    seconds: float = field(default=5.0, metadata=_minimum(0))  # capture times at most this far apart
+
+    def __post_init__(self) -> None:
+        for name in ("similarity", "similarity_untimed"):
+            if getattr(self, name) > 1.0:
+                raise ConfigError(f"[group] {name} is a cosine similarity: at most 1 (got {getattr(self, name):g}).")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "vision": VisionSettings,
@@ -165,6 +186,7 @@ SECTIONS: dict[str, type] = {
     "paths": PathsSettings,
     "xmp": XmpSettings,
     "report": ReportSettings,
+    "group": GroupSettings,
 }
 
 
@@ -181,6 +203,7 @@ class Settings:
     paths: PathsSettings = field(default_factory=PathsSettings)
     xmp: XmpSettings = field(default_factory=XmpSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    group: GroupSettings = field(default_factory=GroupSettings)
     # HOME / XDG_* as seen by load_config, so the path helpers agree with the lookup; None = os.environ.
     environ: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
@@ -382,11 +405,6 @@ def _read_file(path: Path) -> dict[str, Any]:
     return _read_toml(text, str(path))
 
 
-def default_config_text() -> str:
-    """Text of the shipped ``config_default.toml``."""
-    return resources.files("pmllm_batch").joinpath("config_default.toml").read_text(encoding="utf-8")
-
-
 def user_config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
     """The user file to read: explicit path, else $PMLLM_CONFIG, else the XDG file when it exists."""
     if path is not None and str(path) != "":
@@ -430,8 +448,7 @@ def load_config(
         ConfigError: One sentence naming the file (or variable, or flag) and the key.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
-    layers = _Layers()
-    layers.merge_table(_read_toml(default_config_text(), DEFAULTS_LABEL), DEFAULTS_LABEL)
+    layers = _Layers()  # keys nobody sets keep their dataclass defaults
 
     user_file = user_config_path(path, environ)
     if user_file is not None:
