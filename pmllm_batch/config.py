@@ -97,6 +97,8 @@ class ScoreSettings:
     """[score]: the language-model stage."""
 
     batch_size: int = field(default=32, metadata=_minimum(1))  # images per LM forward, per profile
+    # "int8": the LLM's decoder-layer Linears as int8 GEMMs on CPU (sets the preset's lm.quantize; own fingerprint)
+    quantize: str = field(default="none", metadata=_choices("none", "int8"))
 
 
 @dataclass(frozen=True)

@@ -219,15 +219,21 @@ def test_export_json_and_csv_equal_the_store_ranking(env: CLIEnv) -> None:
         {"rank": r.rank, "path": r.path, "score": r.score, "content_hash": r.content_hash, "taken_at": r.taken_at}
         for r in ranking
     ]
+    # an exact duplicate lists every file: p0 and its copy share a content hash, so that row names both
+    all_paths = {r.path: sorted(r.paths) if getattr(r, "paths", None) else [r.path] for r in ranking}
+    assert sorted(len(v) for v in all_paths.values()) == [1, 1, 1, 2]
 
     code, out, err = env.run_cli("export", "--profile", "alice", "--format", "json")
     assert (code, err) == (0, "")
-    assert json.loads(out) == expected
+    exported = json.loads(out)
+    assert [{k: row[k] for k in expected[0]} for row in exported] == expected
+    assert [sorted(row["paths"]) for row in exported] == [all_paths[e["path"]] for e in expected]
+    assert [(row["group_size"], row["group"]) for row in exported] == [(1, [])] * 4  # nothing grouped here
 
     code, out, _ = env.run_cli("export", "--profile", "alice", "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["rank", "path", "score", "content_hash", "taken_at"]
+    assert list(rows[0]) == ["rank", "path", "score", "content_hash", "taken_at", "paths", "group_size", "group"]
     assert [
         {
             "rank": int(r["rank"]),
@@ -238,9 +244,10 @@ def test_export_json_and_csv_equal_the_store_ranking(env: CLIEnv) -> None:
         }
         for r in rows
     ] == expected
+    assert [sorted(r["paths"].split(";")) for r in rows] == [all_paths[e["path"]] for e in expected]
 
     code, out, _ = env.run_cli("export", "--profile", "alice", "--format", "json", "--top", "2")
-    assert code == 0 and json.loads(out) == expected[:2]
+    assert code == 0 and [{k: row[k] for k in expected[0]} for row in json.loads(out)] == expected[:2]
 
 
 def test_export_out_writes_only_that_file(env: CLIEnv) -> None:

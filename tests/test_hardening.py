@@ -757,8 +757,11 @@ def test_two_ranks_and_a_watch_at_once_run_vision_once_per_photo(env: CLIEnv) ->
 def _corrupt_all_but_the_schema(db: Path) -> None:
     """Overwrite every page but those ``Store`` needs to open the file (header, meta, migrations) with garbage."""
     con = sqlite3.connect(db)
+    # every page of the schema table and of meta/migrations (their b-trees may span several pages)
+    names = ("sqlite_schema", "sqlite_master", "meta", "migrations")
     keep = {1} | {r[0] for r in con.execute(
-        "SELECT rootpage FROM sqlite_master WHERE tbl_name IN ('meta', 'migrations') AND rootpage > 0")}
+        "SELECT pageno FROM dbstat WHERE name IN (?, ?, ?, ?) OR name IN "
+        "(SELECT name FROM sqlite_master WHERE tbl_name IN ('meta', 'migrations'))", names)}
     page_size = con.execute("PRAGMA page_size").fetchone()[0]
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.execute("PRAGMA journal_mode = DELETE")

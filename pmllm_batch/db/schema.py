@@ -33,7 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-PHOTO_STATUSES = ("ok", "failed", "missing")
+# "skipped": a photo that is never ranked, with a reason (too_small, raw_pair: see pmllm_batch.scan.skip).
+PHOTO_STATUSES = ("ok", "failed", "missing", "skipped")
 RUN_STATUSES = ("running", "ok", "interrupted", "failed")
 
 # Keys of the ``meta`` table.
@@ -173,6 +174,60 @@ class Run(Base):
     host: Mapped[str | None] = mapped_column(String(255))
 
 
+class PhotoEmbedding(Base):
+    """The pooled visual embedding of one content hash under one vision graph, for bursts and near-duplicates.
+
+    ``data`` is a unit float32 vector (little-endian); ``lsh0..lsh3`` are its locality-sensitive hash buckets and
+    ``taken_s`` its capture time (seconds, EXIF local time read as UTC), the two ways a new photo finds the few
+    photos it is compared with; ``linked`` is 0 until it has been compared (see :mod:`pmllm_batch.db.groups`).
+    """
+
+    __tablename__ = "photo_embeddings"
+    __table_args__ = (
+        Index("ix_photo_embeddings_taken", "vision_id", "taken_s"),
+        Index("ix_photo_embeddings_linked", "vision_id", "linked"),
+        Index("ix_photo_embeddings_lsh0", "vision_id", "lsh0"),
+        Index("ix_photo_embeddings_lsh1", "vision_id", "lsh1"),
+        Index("ix_photo_embeddings_lsh2", "vision_id", "lsh2"),
+        Index("ix_photo_embeddings_lsh3", "vision_id", "lsh3"),
+    )
+
+    content_hash: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    taken_s: Mapped[int | None] = mapped_column(BigInteger)
+    lsh0: Mapped[int] = mapped_column(Integer, default=0)
+    lsh1: Mapped[int] = mapped_column(Integer, default=0)
+    lsh2: Mapped[int] = mapped_column(Integer, default=0)
+    lsh3: Mapped[int] = mapped_column(Integer, default=0)
+    linked: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PhotoLink(Base):
+    """Two content hashes that are nearly the same photo under one vision graph: an edge of a burst group."""
+
+    __tablename__ = "photo_links"
+    __table_args__ = (Index("ix_photo_links_b", "vision_id", "hash_b"),)
+
+    vision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hash_a: Mapped[str] = mapped_column(String(128), primary_key=True)  # hash_a < hash_b
+    hash_b: Mapped[str] = mapped_column(String(128), primary_key=True)
+    similarity: Mapped[float] = mapped_column(Float)
+    seconds_apart: Mapped[float | None] = mapped_column(Float)  # None when a capture time is unknown
+
+
+class GroupState(Base):
+    """How the links of one vision graph were made (thresholds, hash planes' centre): other settings relink."""
+
+    __tablename__ = "group_state"
+
+    vision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    params_json: Mapped[str] = mapped_column(Text)
+    center: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 mean embedding the hash planes go through
+    center_n: Mapped[int] = mapped_column(Integer, default=0)  # embeddings that centre was taken from
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Migrations
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,9 +256,17 @@ def _add_run_owner(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {Run.__tablename__} ADD COLUMN host VARCHAR(255)"))
 
 
+def _create_group_tables(conn: Connection) -> None:
+    # Bursts and near-duplicates (pooled embeddings, links, link settings); create_all skips tables that exist.
+    Base.metadata.create_all(
+        conn, tables=[PhotoEmbedding.__table__, PhotoLink.__table__, GroupState.__table__]  # type: ignore[list-item]
+    )
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_create_tables", _create_tables),
     Migration(2, "0002_run_owner", _add_run_owner),
+    Migration(3, "0003_photo_groups", _create_group_tables),
 ]
 
 

@@ -65,12 +65,14 @@ def forget_profile(s: Session, profile_id: int) -> None:
 def ranking(s: Session, profile_id: int, model_id: int, top: int | None) -> list[RankedPhoto]:
     """One profile's ranking under one model, as ``Store.ranking`` describes it."""
     stmt = (
-        select(Score.content_hash, Score.score, Photo.path, Photo.taken_at, Photo.width, Photo.height)
+        select(Score.content_hash, Score.score, Photo.path, Photo.taken_at, Photo.width, Photo.height, Photo.mtime_ns)
         .join(Photo, Photo.content_hash == Score.content_hash)
         .where(Score.profile_id == profile_id, Score.model_id == model_id, Photo.status == "ok")
     )
     best: dict[str, RankedPhoto] = {}
-    for content_hash, score, path, taken_at, width, height in s.execute(stmt):
+    every: dict[str, list[str]] = {}  # content hash -> all its ok paths (exact duplicates)
+    for content_hash, score, path, taken_at, width, height, mtime_ns in s.execute(stmt):
+        every.setdefault(content_hash, []).append(path)
         current = best.get(content_hash)
         if current is None or (len(path), path) < (len(current.path), current.path):
             best[content_hash] = RankedPhoto(
@@ -81,7 +83,11 @@ def ranking(s: Session, profile_id: int, model_id: int, top: int | None) -> list
                 taken_at=taken_at,
                 width=width,
                 height=height,
+                mtime_ns=mtime_ns,
             )
+    for content_hash, item in best.items():
+        others = sorted(p for p in every[content_hash] if p != item.path)
+        item.paths = (item.path, *others)
     ordered = sorted(best.values(), key=lambda r: (-r.score, r.path))
     if top is not None:
         ordered = ordered[: max(top, 0)]

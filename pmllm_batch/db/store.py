@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from pmllm_batch.db import check, migrations, models, photos, profiles, runs, scores, visual_tokens
 from pmllm_batch.db.engine import Database
+from pmllm_batch.db.groups import GroupStore
 from pmllm_batch.db.profiles import persona_digest
 from pmllm_batch.db.records import PhotoRecord, ProfileRow, RankedPhoto
 from pmllm_batch.profiles import Profile
@@ -31,7 +32,7 @@ from pmllm_batch.profiles import Profile
 __all__ = ["PhotoRecord", "ProfileRow", "RankedPhoto", "Store", "persona_digest"]
 
 
-class Store:
+class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmllm_batch.db.groups)
     """The library database. Open one per process (or per command); it is safe to share between threads.
 
     Args:
@@ -310,7 +311,9 @@ class Store:
         """One profile's ranking.
 
         Only photos with status "ok" appear, one row per content hash (represented by its shortest, then
-        lexicographically smallest path), sorted by score descending, ties by path; ranks are 1..n.
+        lexicographically smallest path; ``paths`` lists every ok path of it), sorted by score descending, ties by
+        path; ranks are 1..n. Bursts, RAW twins and scopes are the outputs' view of it
+        (:class:`pmllm_batch.outputs.grouping.RankingView`).
 
         Args:
             profile_name: A stored profile.

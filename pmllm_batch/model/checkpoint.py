@@ -122,10 +122,22 @@ def load_adapter(model: PMLLM, path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def fingerprint(model: PMLLM, vision_graph_id: str | None = None) -> str:
-    """A stable id of everything that determines a score: adapter weights, architecture, base models."""
+def fingerprint(model: PMLLM, vision_graph_id: str | None = None, *, lm_quantize: bool = True) -> str:
+    """A stable id of everything that determines a score: adapter weights, architecture, base models.
+
+    ``lm.quantize = "int8"`` (model/quantize.py) changes it, naming the int8 scheme; ``"none"`` leaves it what it
+    was before the key existed. ``lm_quantize=False`` leaves the LLM's quantisation out: the id of the vision side
+    (tower + projector), which int8 does not touch, so an int8 model reuses its float32 twin's ONNX export. Nothing
+    here depends on whether the torch vision tower was built.
+    """
+    from pmllm_batch.model.quantize import INT8_SCHEME
+
+    cfg = model.cfg.to_dict()
+    quantize = cfg["lm"].pop("quantize", "none")
     h = hashlib.sha256()
-    h.update(json.dumps({"cfg": model.cfg.to_dict(), "base": base_signature(model)}, sort_keys=True).encode())
+    h.update(json.dumps({"cfg": cfg, "base": base_signature(model)}, sort_keys=True).encode())
+    if lm_quantize and quantize != "none":
+        h.update(f"lm.quantize={INT8_SCHEME if quantize == 'int8' else quantize}".encode())
     for k, v in sorted(adapter_state_dict(model).items()):
         h.update(k.encode())
         h.update(v.numpy().tobytes())

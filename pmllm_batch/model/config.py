@@ -33,6 +33,7 @@ class LMCfg:
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "float32" | "bfloat16" | "float16"
     decoder_layers_path: str | None = None  # dotted path of the decoder ModuleList; None = by model_type
     gguf: str | None = None  # fallback weights: a GGUF path or "py:<package>/<file>" (see model/llm.py)
+    quantize: str = "none"  # "none" | "int8": int8 decoder-layer Linears on CPU (model/quantize.py)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class ModelCfg:
             else:
                 kwargs[key] = value
         cfg = cls(**kwargs)
+        if cfg.lm.quantize not in ("none", "int8"):
+            raise ConfigError(f"lm.quantize must be none or int8, not '{cfg.lm.quantize}'.")
         if len(cfg.readout.levels) != len(cfg.readout.values) or len(cfg.readout.levels) < 2:
             raise ConfigError("readout.levels and readout.values must have the same length (at least 2).")
         return cfg

@@ -15,9 +15,11 @@ import torch
 from pmllm_batch.errors import ConfigError, ModelLoadError
 from pmllm_batch.log import get_logger
 from pmllm_batch.model.checkpoint import load_adapter, read_adapter_config
-from pmllm_batch.model.config import ModelCfg
+from pmllm_batch.model.config import ModelCfg, VisionCfg
 from pmllm_batch.model.llm import hub_reachable, load_lm_and_tokenizer
 from pmllm_batch.model.presets import get_preset, resolve_path
+from pmllm_batch.model.quantize import check_quantize, quantize_lm_int8
+from pmllm_batch.model.vision import VisionTower, build_vision_tower, vision_spec
 from pmllm_batch.model.weights import missing_sentence, missing_weights
 
 log = get_logger("factory")
@@ -67,12 +69,12 @@ def create_model(
         checkpoint: adapter folder, ``"none"`` for an untrained adapter, or None for the preset's default.
         offline: never touch the network; missing weights raise ModelLoadError naming what to download.
         device: torch device for the LLM (and the torch vision tower).
-        with_vision: also build the torch vision tower (not needed when ONNX vision is used).
+        with_vision: also build the torch vision tower (not needed when ONNX vision is used: then nothing of the
+            tower is built, its width and preprocessing come from its config; see :func:`attach_vision_tower`).
         lm_cache_dir: where a GGUF LLM's safetensors conversion is cached (default ~/.cache/pmllm-batch).
         overrides: nested dict merged into the architecture config before building (e.g. fusion gate).
     """
     from pmllm_batch.model.pmllm import PMLLM
-    from pmllm_batch.model.vision import VisionTower, build_vision_tower
 
     cfg, adapter = model_cfg_for(preset, checkpoint)
     if overrides:
@@ -88,13 +90,20 @@ def create_model(
         reason = "offline = true" if offline else "the Hugging Face hub cannot be reached"
         raise ModelLoadError(missing_sentence(missing, reason))
     dev = torch.device(device)
-    # cfg keeps ``pkg:`` paths as written (the fingerprint must not depend on where the package is installed)
-    vision_cfg = ModelCfg.from_dict(cfg.to_dict()).vision
-    vision_cfg.checkpoint = resolve_path(vision_cfg.checkpoint)
-    # Without a torch tower (ONNX vision) only its width and preprocessing are needed: skip the weights.
-    tower, pre = build_vision_tower(vision_cfg, offline=offline, cache_dir=cache_dir, load_weights=with_vision)
-    d_vis = tower.width
-    torch_tower: VisionTower | None = tower if with_vision else None
+    check_quantize(cfg.lm.quantize)
+    if cfg.lm.quantize != "none" and dev.type != "cpu":
+        log.warning("lm.quantize = %s is for CPU inference; ignored on %s", cfg.lm.quantize, dev)
+        cfg.lm.quantize = "none"  # the fingerprint then says what really runs
+    vision_cfg = _resolved_vision_cfg(cfg)
+    torch_tower: VisionTower | None = None
+    spec = None if with_vision else vision_spec(vision_cfg, load_weights=True)
+    if spec is not None:
+        # ONNX vision: only the tower's width and preprocessing are needed, read off its config (nothing built)
+        d_vis, pre = spec
+    else:
+        tower, pre = build_vision_tower(vision_cfg, offline=offline, cache_dir=cache_dir, load_weights=with_vision)
+        d_vis = tower.width
+        torch_tower = tower if with_vision else None
     lm_path = resolve_path(cfg.lm.name_or_path) or cfg.lm.name_or_path
     lm, tok = load_lm_and_tokenizer(
         lm_path,
@@ -111,5 +120,41 @@ def create_model(
     if adapter:
         load_adapter(model, adapter)
         log.info("loaded adapter %s", adapter)
+    if cfg.lm.quantize == "int8":
+        n = quantize_lm_int8(model.fused.lm, cfg.lm.decoder_layers_path)
+        log.info("LLM: %d decoder-layer Linear modules as int8 (fusion, projector and head stay float32)", n)
     model.eval()
+    return model
+
+
+def _resolved_vision_cfg(cfg: ModelCfg) -> VisionCfg:
+    """A copy of ``cfg.vision`` with its checkpoint path resolved (``cfg`` keeps ``pkg:`` paths as written: the
+    fingerprint must not depend on where the package is installed)."""
+    vision_cfg = ModelCfg.from_dict(cfg.to_dict()).vision
+    vision_cfg.checkpoint = resolve_path(vision_cfg.checkpoint)
+    return vision_cfg
+
+
+def attach_vision_tower(model: Any, *, offline: bool = False, cache_dir: str | None = None) -> Any:
+    """Build and load ``model``'s torch vision tower when it was created without one (``with_vision=False``),
+    e.g. to export the ONNX graph the first time. Returns the model.
+
+    Raises:
+        ModelLoadError: the tower's weights are missing (one sentence naming them), or it does not match the
+            width the model's projector was built for.
+    """
+    if model.tower is not None:
+        return model
+    missing = missing_weights(model.cfg, cache_dir=cache_dir, with_vision=True)
+    if missing and (offline or not hub_reachable()):
+        reason = "offline = true" if offline else "the Hugging Face hub cannot be reached"
+        raise ModelLoadError(missing_sentence(missing, reason))
+    tower, pre = build_vision_tower(_resolved_vision_cfg(model.cfg), offline=offline, cache_dir=cache_dir)
+    if tower.width != model.d_vis or pre.image_size != model.preprocess.image_size:
+        raise ModelLoadError(
+            f"the vision tower built for {model.cfg.name} (width {tower.width}, {pre.image_size} px) does not match "
+            f"the one its config describes (width {model.d_vis}, {model.preprocess.image_size} px)."
+        )
+    model.tower = tower.to(model.device)
+    model.preprocess = pre
     return model

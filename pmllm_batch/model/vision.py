@@ -131,6 +131,48 @@ def _load_safetensors_into(module: nn.Module, path: Path, what: str) -> None:
         )
 
 
+def vision_spec(cfg: VisionCfg, *, load_weights: bool = True) -> tuple[int, PreprocessCfg] | None:
+    """The tower's width and preprocessing from its config alone, without building it (ONNX runtime path).
+
+    Agrees with :func:`build_vision_tower` (tested): a custom ``arch`` tower and open_clip's built-in ViT configs.
+    Returns None where only building tells (timm or Hugging Face towers): the caller then builds one.
+    ``load_weights`` matters only for the preprocessing of an open_clip ``pretrained`` tag (its mean/std).
+    """
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.model import CLIPVisionCfg
+
+    if cfg.arch is not None:
+        arch = dict(cfg.arch)
+        arch.pop("embed_dim", None)
+        vcfg = CLIPVisionCfg(**arch)
+        image_size = int(cfg.image_size or arch.get("image_size", 224))
+        mean, std = cfg.mean or OPENAI_MEAN, cfg.std or OPENAI_STD
+        pre = PreprocessCfg(image_size=image_size, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
+        return int(vcfg.width), pre
+    model_cfg = open_clip.get_model_config(cfg.model_name)
+    if not model_cfg or "vision_cfg" not in model_cfg:
+        return None
+    vision = dict(model_cfg["vision_cfg"])
+    if vision.get("timm_model_name") or vision.get("hf_model_name"):
+        return None
+    from open_clip.factory import merge_preprocess_dict
+    from open_clip.transform import PreprocessCfg as OpenClipPreprocessCfg
+
+    pp = merge_preprocess_dict(asdict(OpenClipPreprocessCfg()), model_cfg.get("preprocess_cfg", {}))
+    if load_weights and cfg.pretrained and not cfg.checkpoint:
+        pp = merge_preprocess_dict(pp, open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {})
+    vcfg = CLIPVisionCfg(**{k: v for k, v in vision.items() if k in CLIPVisionCfg.__dataclass_fields__})
+    pp["size"] = vcfg.image_size
+    from pmllm_batch.preprocess_cfg import preprocess_cfg_from_open_clip
+
+    class _Visual:  # what preprocess_cfg_from_open_clip reads off a built tower
+        preprocess_cfg = pp
+
+    return int(vcfg.width), preprocess_cfg_from_open_clip(_Visual())
+
+
 def build_vision_tower(
     cfg: VisionCfg, *, offline: bool = False, cache_dir: str | None = None, load_weights: bool = True
 ) -> tuple[VisionTower, PreprocessCfg]:

@@ -23,6 +23,8 @@ from pmllm_batch.db.schema import utcnow
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.files import write_text_atomic
+from pmllm_batch.outputs.grouping import RankingView
+from pmllm_batch.outputs.scope import Scope
 
 log = get_logger("outputs.albums")
 
@@ -120,6 +122,8 @@ def build_albums(
     profiles: list[str] | None = None,
     top: int = DEFAULT_TOP,
     copy: bool = False,
+    group: bool = True,
+    scope: Scope | None = None,
 ) -> list[AlbumResult]:
     """Create or refresh ``out/<profile>/`` for each profile with its ``top`` photos.
 
@@ -132,6 +136,8 @@ def build_albums(
         profiles: Profile names; None for every stored profile.
         top: Photos per album.
         copy: Copy the files instead of symlinking them.
+        group: Each burst / near-duplicate group once (this person's best of it); a RAW+JPEG pair is its JPEG.
+        scope: Only photos in these folders and capture dates.
 
     Returns:
         One :class:`AlbumResult` per profile.
@@ -144,7 +150,8 @@ def build_albums(
     names = list(dict.fromkeys(profiles)) if profiles else [row.name for row in store.list_profiles()]
     if not names:
         raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
-    rankings = {name: store.ranking(name, top=top) for name in names}  # unknown names fail here, before any write
+    view = RankingView(store, group=group, scope=scope)
+    rankings = {name: view.ranking(name, top=top) for name in names}  # unknown names fail here, before any write
     folders = {name: out_dir / name for name in names}
     check_outside_roots([out_dir, *folders.values()], store.photo_roots())
     if out_dir.exists() and not out_dir.is_dir():

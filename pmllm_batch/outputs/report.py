@@ -12,6 +12,7 @@ Safety: ``DIR`` must lie outside every scanned photo folder; a ``DIR`` that hold
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -26,7 +27,8 @@ from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.albums import check_outside_roots
 from pmllm_batch.outputs.files import replace_file_bytes
-from pmllm_batch.outputs.scope import in_scope, resolve_scopes
+from pmllm_batch.outputs.grouping import RankingView
+from pmllm_batch.outputs.scope import Scope, in_scope, resolve_scopes
 from pmllm_batch.outputs.stars import DEFAULT_SHARES, star_label, stars_by_hash
 from pmllm_batch.scan import DecodeError, decode_photo
 from pmllm_batch.version import __version__
@@ -63,6 +65,8 @@ class ReportPhoto:
     taken_at: str  # "2021-05-01 12:00", or "" when unknown
     thumb: str | None  # path relative to DIR; None when no thumbnail could be made
     problem: str | None = None  # why there is no thumbnail
+    also: tuple[str, ...] = ()  # file names of the same photo elsewhere: a RAW twin, exact copies
+    group_size: int = 1  # photos of its burst / near-duplicate group (this is the person's best of them)
 
     @property
     def star_text(self) -> str:
@@ -215,6 +219,8 @@ def build_report(
     thumb_size: int = DEFAULT_THUMB_SIZE,
     shares: Sequence[float] = DEFAULT_SHARES,
     max_pixels: int = 100_000_000,
+    group: bool = True,
+    scope: Scope | None = None,
 ) -> ReportSummary:
     """Write the gallery into ``out``.
 
@@ -227,6 +233,8 @@ def build_report(
         thumb_size: Longest thumbnail side in pixels.
         shares: Percent of each ranking for 5, 4, 3, 2 and 1 stars.
         max_pixels: Decompression-bomb guard for thumbnail decoding (``[scan] max_pixels``).
+        group: Each burst / near-duplicate group once per person (their best of it, with the group's size).
+        scope: Only photos in these folders (added to ``paths``) and capture dates (stars still from everything).
 
     Returns:
         What was written; photos whose thumbnail could not be made (deleted since ranking, corrupt) are listed with
@@ -244,15 +252,19 @@ def build_report(
     owned = _check_out_dir(out_dir, store.photo_roots())
     status = store.status()
     current = status.get("current_model")
-    scopes = resolve_scopes(paths)
+    view_scope = scope or Scope()
+    if paths:
+        under = [*(resolve_scopes(paths) or []), *(view_scope.under or ())]
+        view_scope = dataclasses.replace(view_scope, under=tuple(dict.fromkeys(under)))
+    scopes = list(view_scope.under) if view_scope.under is not None else None
+    view = RankingView(store, group=group, scope=view_scope)
     pages = page_names(names)
 
     people: list[ReportPerson] = []
     wanted: dict[str, tuple[str, str]] = {}  # thumb relative path -> (content hash, a photo path)
     for name in names:
-        ranking = store.ranking(name)
-        stars = stars_by_hash(ranking, shares)
-        shown = [item for item in ranking if in_scope(item.path, scopes)]
+        stars = stars_by_hash(view.full(name), shares)
+        shown = view.ranking(name, renumber=False)
         person = ReportPerson(name=name, page=pages[name], persona=rows[name].persona, ranked=len(shown))
         for item in shown[:top]:
             thumb = _thumb_name(item.content_hash, thumb_size)
@@ -266,6 +278,8 @@ def build_report(
                     stars=stars[item.content_hash],
                     taken_at=_display_date(item.taken_at),
                     thumb=thumb,
+                    also=tuple(os.path.basename(p) for p in item.paths[1:]),
+                    group_size=item.group_size,
                 )
             )
         people.append(person)
@@ -308,8 +322,9 @@ def build_report(
             "version": __version__,
             "disclaimer": DEMO_DISCLAIMER if summary.demo else "",
             "top": top,
-            "scoped": scopes is not None,
+            "scoped": not view_scope.everything,
             "scopes": scopes or [],
+            "scope_text": view_scope.describe(),
         }
         written = [thumb for thumb in wanted if thumb not in failed_thumbs]
         replace_file_bytes(out_dir / INDEX, env.get_template("report/index.html.j2").render(**context).encode())

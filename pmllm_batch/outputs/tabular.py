@@ -9,9 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pmllm_batch.db import RankedPhoto, Store
+from pmllm_batch.outputs.grouping import RankingView
+from pmllm_batch.outputs.scope import Scope
 
-EXPORT_FIELDS = ("rank", "path", "score", "content_hash", "taken_at")
+# paths: every file of the photo (exact duplicates, a RAW twin), ``path`` first; group_size: photos in its burst /
+# near-duplicate group (1: none); group: the other members' paths. CSV joins the lists with LIST_SEPARATOR.
+EXPORT_FIELDS = ("rank", "path", "score", "content_hash", "taken_at", "paths", "group_size", "group")
 FORMATS = ("csv", "json")
+LIST_SEPARATOR = ";"
 
 
 @dataclass
@@ -36,9 +41,15 @@ def render_ranking(ranking: Sequence[RankedPhoto], fmt: str) -> str:
         The text, ending with a newline. Scores are written with full float precision, so they read back equal.
     """
     rows = [{name: getattr(item, name) for name in EXPORT_FIELDS} for item in ranking]
+    for row, item in zip(rows, ranking, strict=True):
+        row["paths"] = list(item.paths or (item.path,))
+        row["group"] = list(item.group)
     if fmt == "json":
         return json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
     if fmt == "csv":
+        for row in rows:
+            row["paths"] = LIST_SEPARATOR.join(row["paths"])
+            row["group"] = LIST_SEPARATOR.join(row["group"])
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -47,7 +58,15 @@ def render_ranking(ranking: Sequence[RankedPhoto], fmt: str) -> str:
     raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def export_ranking(store: Store, profile: str, fmt: str, *, top: int | None = None) -> TabularExport:
+def export_ranking(
+    store: Store,
+    profile: str,
+    fmt: str,
+    *,
+    top: int | None = None,
+    group: bool = True,
+    scope: Scope | None = None,
+) -> TabularExport:
     """One profile's ranking (current model) as CSV or JSON text.
 
     Args:
@@ -55,9 +74,11 @@ def export_ranking(store: Store, profile: str, fmt: str, *, top: int | None = No
         profile: Stored profile name.
         fmt: One of :data:`FORMATS`.
         top: Only the ``top`` best photos; None for all.
+        group: Each burst / near-duplicate group once (its best photo for this person, with its size).
+        scope: Only photos in these folders and capture dates; ranks are 1..n inside it.
 
     Raises:
         ProfileError: Unknown profile.
     """
-    ranking = store.ranking(profile, top=top)
+    ranking = RankingView(store, group=group, scope=scope).ranking(profile, top=top)
     return TabularExport(profile=profile, fmt=fmt, rows=len(ranking), text=render_ranking(ranking, fmt))

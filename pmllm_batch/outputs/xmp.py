@@ -22,6 +22,7 @@ problems (photo gone, sidecar not XMP, read-only folder) are counted with a reas
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -37,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 from pmllm_batch.db import Store
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.files import replace_file_bytes
-from pmllm_batch.outputs.scope import in_scope, resolve_scopes
+from pmllm_batch.outputs.grouping import RankingView
+from pmllm_batch.outputs.scope import Scope, resolve_scopes
 from pmllm_batch.outputs.stars import star_label, stars_by_hash
 
 if TYPE_CHECKING:
@@ -149,6 +151,9 @@ class SidecarContent:
     rating_profile: str
     model: str
     marks: tuple[ProfileMark, ...]  # sorted by profile name
+    # A burst member nobody sees (every person is shown a better one of its group): only an existing sidecar is
+    # updated (our old keywords removed), none is created.
+    cleanup_only: bool = False
 
     def hierarchical(self) -> list[str]:
         return [f"{KEYWORD_ROOT}|{m.profile}|{star_label(m.stars)}" for m in self.marks]
@@ -415,12 +420,15 @@ def plan_sidecars(
     *,
     shares: Sequence[float],
     paths: Sequence[str | os.PathLike[str]] | None = None,
+    group: bool = True,
+    scope: Scope | None = None,
 ) -> tuple[dict[str, SidecarContent], list[str], str | None]:
     """What every photo file in scope should carry.
 
     Stars are computed against each person's whole ranking (current model), so a folder's stars agree with the
-    library's; ``paths`` only limits which files get a sidecar. Every "ok" file of a ranked content hash gets one
-    (copies of a photo carry the same verdicts).
+    library's; ``paths`` and ``scope`` only limit which files get a sidecar. Every file of a ranked photo gets one
+    (exact copies and the RAW twin of a RAW+JPEG pair carry the same verdicts). With ``group`` a person's verdict
+    goes to their best photo of each burst / near-duplicate group only (stars over the grouped ranking).
 
     Returns:
         (photo path -> content, sorted; profile names; model fingerprint or None before any scoring).
@@ -434,23 +442,33 @@ def plan_sidecars(
     if current is None:
         return {}, names, None
     model = str(current["fingerprint"])
+    view = RankingView(store, group=group)
     marks: dict[str, list[ProfileMark]] = {}
+    files: dict[str, tuple[str, ...]] = {}  # content hash -> every file of it
+    dates: dict[str, tuple[str | None, int | None]] = {}
     for name in names:
-        ranking = store.ranking(name)
+        ranking = view.full(name)
         stars = stars_by_hash(ranking, shares)
         for item in ranking:
             marks.setdefault(item.content_hash, []).append(
                 ProfileMark(profile=name, score=item.score, rank=item.rank, stars=stars[item.content_hash])
             )
-    scopes = resolve_scopes(paths)
+        for item in store.ranking(name) if group else ranking:
+            files.setdefault(item.content_hash, view.files(item))
+            dates.setdefault(item.content_hash, (item.taken_at, item.mtime_ns))
+    where = scope or Scope()
+    if paths:
+        where = dataclasses.replace(where, under=tuple([*(resolve_scopes(paths) or []), *(where.under or ())]))
     plan: dict[str, SidecarContent] = {}
-    for content_hash, files in store.photos_by_hash(list(marks)).items():
-        verdicts = tuple(sorted(marks[content_hash], key=lambda m: m.profile))
+    for content_hash, paths_of in files.items():
+        if not where.when_in(*dates[content_hash]):
+            continue
+        verdicts = tuple(sorted(marks.get(content_hash, ()), key=lambda m: m.profile))
         rating = next((m.stars for m in verdicts if m.profile == profile), None)
-        content = SidecarContent(rating=rating, rating_profile=profile, model=model, marks=verdicts)
-        for path in files:
-            if in_scope(path, scopes):
-                plan[path] = content
+        content = SidecarContent(rating=rating, rating_profile=profile, model=model, marks=verdicts,
+                                 cleanup_only=not verdicts)
+        for path in where.paths_in(sorted(paths_of)):
+            plan[path] = content
     return dict(sorted(plan.items())), names, model
 
 
@@ -485,6 +503,8 @@ def write_sidecars(
     paths: Sequence[str | os.PathLike[str]] | None = None,
     dry_run: bool = False,
     overwrite_ratings: bool = False,
+    group: bool = True,
+    scope: Scope | None = None,
 ) -> XmpSummary:
     """Create or update the XMP sidecar of every scored photo file (in ``paths``, when given).
 
@@ -496,6 +516,8 @@ def write_sidecars(
         paths: Only photos at or under these files/folders; None for every photo.
         dry_run: Decide everything, write nothing.
         overwrite_ratings: Replace ratings the user changed in their app.
+        group: A person's verdict on their best photo of each burst / near-duplicate group only.
+        scope: Only photos in these folders and capture dates (stars still from the whole ranking).
 
     Returns:
         The counts and every per-file problem with its reason.
@@ -505,12 +527,16 @@ def write_sidecars(
     """
     if naming not in NAMINGS:
         raise ValueError(f"unknown sidecar naming {naming!r}; use one of {', '.join(NAMINGS)}")
-    plan, names, model = plan_sidecars(store, profile, shares=shares, paths=paths)
+    plan, names, model = plan_sidecars(store, profile, shares=shares, paths=paths, group=group, scope=scope)
     summary = XmpSummary(profile=profile, profiles=names, naming=naming, dry_run=dry_run, model=model)
     claimed: dict[Path, str] = {}
     for photo, content in plan.items():
-        summary.photos += 1
         sidecar = sidecar_path(photo, naming)
+        if content.cleanup_only and not os.path.lexists(sidecar):
+            continue  # a burst member nobody is shown, never written before: nothing to clean up
+        if sidecar in claimed and plan[claimed[sidecar]] is content:
+            continue  # replace naming: a RAW+JPEG pair (or two copies) shares one sidecar, with one verdict
+        summary.photos += 1
 
         def problem(reason: str, message: str, photo: str = photo, sidecar: Path = sidecar) -> None:
             summary.problems.append(SidecarProblem(path=photo, sidecar=str(sidecar), reason=reason, message=message))
@@ -586,4 +612,5 @@ def refresh_sidecars(
         shares=cfg.star_shares(),
         paths=paths,
         overwrite_ratings=cfg.overwrite_ratings,
+        group=bool(getattr(getattr(settings, "group", None), "enabled", True)),
     )

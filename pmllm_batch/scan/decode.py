@@ -332,14 +332,18 @@ def _with_unreadable_exif(photo: DecodedPhoto, exif: ExifInfo) -> DecodedPhoto:
                    exif=replace(exif, warning=warning))
 
 
-def decode_photo(path: str | os.PathLike[str], *, max_pixels: int = 100_000_000) -> DecodedPhoto:
-    """Open, guard, fully decode and orient one photo.
+def decode_photo(
+    path: str | os.PathLike[str], *, max_pixels: int = 100_000_000, min_preview_side: int | None = None
+) -> DecodedPhoto:
+    """Open, guard, fully decode and orient one photo (camera RAW through LibRaw: :mod:`pmllm_batch.scan.raw`).
 
     Args:
         path: Photo file.
         max_pixels: Largest ``width * height`` accepted; checked from the header before pixels are decoded, so a
             tiny file declaring huge dimensions costs nothing. Independent of PIL's global ``MAX_IMAGE_PIXELS``
             (which still applies on top: PIL refuses images above twice its limit on its own).
+        min_preview_side: RAW only: use the embedded preview when its shorter side is at least this (the vision
+            input size), else a half-size demosaic; None = :data:`pmllm_batch.scan.raw.DEFAULT_PREVIEW_SIDE`.
 
     Returns:
         The upright photo and its EXIF facts.
@@ -361,6 +365,11 @@ def decode_photo(path: str | os.PathLike[str], *, max_pixels: int = 100_000_000)
         raise DecodeError("unreadable", f"file cannot be accessed ({exc})") from exc
     if st.st_size == 0:
         raise DecodeError("empty", "file is empty (0 bytes)")
+    from pmllm_batch.scan import raw  # imports this module: loaded on first use
+
+    if raw.is_raw(p):
+        side = raw.DEFAULT_PREVIEW_SIDE if min_preview_side is None else min_preview_side
+        return replace(raw.decode_raw(p, max_pixels=max_pixels, min_preview_side=side), exif=read_exif(p))
     try:
         fh = open(p, "rb")  # noqa: SIM115 - closed by the with block below; opening separately classifies errors
     except FileNotFoundError as exc:

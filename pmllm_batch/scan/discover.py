@@ -27,6 +27,12 @@ _logger = logging.getLogger(__name__)
 DEFAULT_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif"}
 )
+# Camera RAW, decoded through LibRaw (the same list as pmllm_batch.scan.raw.RAW_EXTENSIONS).
+RAW_EXTENSIONS: frozenset[str] = frozenset(
+    {".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw"}
+)
+# What a scan lists by extension when ``[scan] extensions`` is empty: the image formats and camera RAW.
+SCANNED_EXTENSIONS: frozenset[str] = DEFAULT_EXTENSIONS | RAW_EXTENSIONS
 
 # ISO-BMFF major/compatible brands (the 'ftyp' box) that mark a HEIF or an AVIF still image or sequence.
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
@@ -301,7 +307,7 @@ def discover(
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+    extensions: Iterable[str] = SCANNED_EXTENSIONS,
     sniff_unknown: bool = True,
     follow_symlinks: bool = True,
 ) -> Iterator[FileEntry]:

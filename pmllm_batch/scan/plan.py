@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pmllm_batch.scan.discover import DEFAULT_EXTENSIONS, FileEntry, discover, sniff_format
+from pmllm_batch.scan.discover import SCANNED_EXTENSIONS, FileEntry, discover, sniff_format
 
 __all__ = ["IndexRecord", "PathFilter", "ScanPlan", "ScanRules", "plan_scan", "walk"]
 
@@ -50,7 +50,7 @@ def _matches(patterns: Sequence[str], rel_posix: str, name: str) -> bool:
 
 def _extensions(extensions: Iterable[str]) -> frozenset[str]:
     exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    return exts or DEFAULT_EXTENSIONS
+    return exts or SCANNED_EXTENSIONS
 
 
 class PathFilter:
@@ -241,4 +241,8 @@ def plan_scan(
             plan.new += 1
         else:
             plan.changed += 1
+    from pmllm_batch.scan.replan import replan  # RAW twins and too_small: unchanged files whose skip state is stale
+
+    replan(plan, index, roots, min_side=int(getattr(scan, "min_side", 0)), explicit=paths is not None,
+           present={str(e.path) for e in found} if paths is None else None)
     return plan

@@ -43,6 +43,9 @@ from pmllm_batch.log import get_logger
 from pmllm_batch.scan.decode import DecodeError, decode_photo
 from pmllm_batch.scan.discover import FileEntry, content_hash
 from pmllm_batch.scan.plan import PathFilter, plan_scan
+from pmllm_batch.scan.raw import is_raw, jpeg_twin
+from pmllm_batch.scan.skip import RAW_PAIR, TOO_SMALL, raw_pair_message, too_small
+from pmllm_batch.scorer.grouping import Grouper
 from pmllm_batch.scorer.models import LoadedModels, ModelCache
 
 log = get_logger("scorer")
@@ -65,6 +68,8 @@ class RunSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     moved: int = 0  # files moved or renamed (their scores kept): counted in neither ``new`` nor ``missing``
     demo: bool = False  # the model scoring (loaded, or known from an earlier load) is the demo
+    too_small: int = 0  # files under the roots skipped as too small to judge ([scan] min_side)
+    raw_pairs: int = 0  # RAW files under the roots shown as their JPEG twin (one photo)
     # Files read in this run that failed (``failures`` also lists earlier ones under the roots); not in to_dict.
     fresh_failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -194,6 +199,12 @@ class LibraryScorer:
         self._model: KnownModel | None = None  # known (from the recipe) or registered (after a load)
         self._registered = False  # ensure_model ran for self._model in this process
         self._looked_up = False
+        group_settings = getattr(settings, "group", None)
+        if group_settings is None:
+            from pmllm_batch.config import GroupSettings
+
+            group_settings = GroupSettings()
+        self.grouper = Grouper(store, group_settings)  # bursts and near-duplicates (links in the database)
 
     # ------------------------------------------------------------------------------------------
     # the work lock and the model, known or loaded
@@ -308,7 +319,9 @@ class LibraryScorer:
         summary.changed += plan.changed
         summary.skipped += plan.unchanged
         arrived = [str(e.path) for e in todo if (rec := index.get(str(e.path))) is None or rec.status == "missing"]
-        written = self._process(todo, summary)
+        # RAW files last: whether one is the twin of a JPEG depends on how that JPEG's row turned out.
+        written = self._process([e for e in todo if not is_raw(e.path)], summary)
+        written.update(self._process([e for e in todo if is_raw(e.path)], summary))
         # After the new files are written, so a path that left and one that arrived with the same content are
         # recognised as one move (scores kept, no "new" and no "missing"), also when the departure has not been
         # reported yet (the two halves of a move in different event batches).
@@ -327,6 +340,10 @@ class LibraryScorer:
         summary.failures.extend(
             {"path": r.path, "reason": r.error_reason or "", "message": r.error_message or ""} for r in fails
         )
+        skipped = [r.error_reason for p, r in index.items() if p in scanned and r.status == "skipped"]
+        summary.too_small += skipped.count(TOO_SMALL)
+        summary.raw_pairs += skipped.count(RAW_PAIR)
+        self._group()
         return plan.settling
 
     def _departed(
@@ -346,6 +363,15 @@ class LibraryScorer:
                     out.append(path)
         return out
 
+    def _group(self) -> None:
+        """Pool and link what is new: bursts and near-duplicates (:mod:`pmllm_batch.scorer.grouping`)."""
+        model = self.known_model()
+        if model is None:
+            return  # nothing was ever encoded with these settings
+        if model.vision_id not in self.grouper.backfilled:
+            self.grouper.backfill(model.vision_id, self.store.ok_hashes())
+        self.grouper.update(model.vision_id)
+
     def path_filter(self, roots: Sequence[Path]) -> PathFilter:
         """The scanner's file rules for single paths under ``roots`` (the daemon's event filter)."""
         return PathFilter.from_settings(roots, self.settings.scan)
@@ -361,6 +387,7 @@ class LibraryScorer:
         with self.work() as held:
             if held:
                 self._score_profiles(profiles, summary)
+                self._group()  # photos whose tokens were encoded only now (their cache entry was gone)
 
     def _score_profiles(self, profiles: Sequence[Any], summary: RunSummary) -> None:
         library = set(self.store.ok_hashes())
@@ -427,15 +454,25 @@ class LibraryScorer:
 
         return tqdm(total=total, desc=desc, unit="img", leave=False)
 
-    def _prepare(self, entry: FileEntry, digest: str | None, need_pixels: bool, image_size: Any) -> _Prepared:
-        """Decode one file (runs in a worker thread; PIL releases the GIL while decoding)."""
+    def _prepare(
+        self, entry: FileEntry, digest: str | None, need_pixels: bool, image_size: Any, twin: str | None = None
+    ) -> _Prepared:
+        """Decode one file (runs in a worker thread; PIL releases the GIL while decoding).
+
+        ``twin``: the "ok" JPEG this RAW was shot with; the RAW is then stored as skipped (``raw_pair``), not decoded.
+        """
         from pmllm_batch.runtime.preprocess import preprocess_image
 
         rec = PhotoRecord(path=str(entry.path), root=str(entry.root), content_hash=None, size=entry.size,
                           mtime_ns=entry.mtime_ns)
         try:
             rec.content_hash = digest or content_hash(entry.path)
-            photo = decode_photo(entry.path, max_pixels=int(self.settings.scan.max_pixels))
+            if twin is not None:
+                rec.status, rec.error_reason, rec.error_message = "skipped", RAW_PAIR, raw_pair_message(twin)
+                return _Prepared(entry, rec, None)
+            # RAW: the embedded preview is enough when it covers the vision input (any preview when none runs)
+            side = int(getattr(image_size, "image_size", 0) or 0)
+            photo = decode_photo(entry.path, max_pixels=int(self.settings.scan.max_pixels), min_preview_side=side)
         except DecodeError as exc:
             rec.status, rec.error_reason, rec.error_message = "failed", exc.reason, exc.message
             return _Prepared(entry, rec, None)
@@ -450,8 +487,20 @@ class LibraryScorer:
         ex = photo.exif
         rec.taken_at, rec.camera_make, rec.camera_model = ex.taken_at, ex.camera_make, ex.camera_model
         rec.orientation, rec.exif_warning = ex.orientation, ex.warning
+        small = too_small(photo.width, photo.height, int(getattr(self.settings.scan, "min_side", 0)))
+        if small is not None:
+            rec.status, rec.error_reason, rec.error_message = "skipped", TOO_SMALL, small
+            return _Prepared(entry, rec, None)
         pixels = preprocess_image(photo.image, image_size) if need_pixels else None
         return _Prepared(entry, rec, pixels)
+
+    def _twins(self, chunk: Sequence[FileEntry]) -> dict[str, str]:
+        """RAW files of ``chunk`` whose JPEG twin (same folder and stem) has an "ok" row: RAW path -> twin path."""
+        found = {str(e.path): str(t) for e in chunk if is_raw(e.path) and (t := jpeg_twin(e.path)) is not None}
+        if not found:
+            return {}
+        statuses = self.store.photo_statuses(list(found.values()))
+        return {raw: twin for raw, twin in found.items() if statuses.get(twin) == "ok"}
 
     def _process(self, todo: list[FileEntry], summary: RunSummary) -> dict[str, str]:
         """Hash/decode new or changed files in batches; encode those whose tokens are not cached.
@@ -474,18 +523,21 @@ class LibraryScorer:
                 chunk = todo[i : i + batch_size]
                 # which of these already have cached tokens? (hashing first is cheap relative to decode)
                 hashes = list(pool.map(lambda e: _safe_hash(e.path), chunk))
+                twins = self._twins(chunk)
                 model = self.known_model() or self.known_model(load=True)
                 assert model is not None
                 cached = self.store.cached_hashes([h for h in hashes if h], model.vision_id)
                 loaded: LoadedModels | None = None
-                if any(h is None or h not in cached for h in hashes):
+                if any((h is None or h not in cached) and str(e.path) not in twins
+                       for e, h in zip(chunk, hashes, strict=True)):
                     loaded = self.models.get()
                     fresh = self.known_model(load=True)
                     if fresh is not None and fresh.vision_id != model.vision_id:
                         model = fresh
                         cached = self.store.cached_hashes([h for h in hashes if h], model.vision_id)
                 pre = loaded.vision.preprocess if loaded is not None else None
-                jobs = [(e, h, pre is not None and h not in cached, pre) for e, h in zip(chunk, hashes, strict=True)]
+                jobs = [(e, h, pre is not None and h not in cached, pre, twins.get(str(e.path)))
+                        for e, h in zip(chunk, hashes, strict=True)]
                 prepared = list(pool.map(lambda job: self._prepare(*job), jobs))
                 need = [p for p in prepared if p.pixels is not None and p.record.content_hash not in cached]
                 # identical files inside one batch: encode once
@@ -495,6 +547,7 @@ class LibraryScorer:
                 if uniq and loaded is not None:
                     toks = loaded.vision.encode(np.stack([p.pixels for p in uniq.values() if p.pixels is not None]))
                     self.store.put_visual_tokens(dict(zip(uniq, toks, strict=True)), model.vision_id)
+                    self.grouper.add_tokens(dict(zip(uniq, toks, strict=True)), model.vision_id)
                     summary.encoded += len(uniq)
                 self.store.upsert_photos([p.record for p in prepared])
                 written.update((p.record.path, p.record.content_hash) for p in prepared
@@ -524,7 +577,8 @@ class LibraryScorer:
         for h in missing:
             for path in paths.get(h, []):
                 try:
-                    photo = decode_photo(path, max_pixels=int(self.settings.scan.max_pixels))
+                    photo = decode_photo(path, max_pixels=int(self.settings.scan.max_pixels),
+                                         min_preview_side=int(loaded.vision.preprocess.image_size))
                 except (DecodeError, OSError) as exc:
                     log.warning("cannot re-read %s for vision: %s", path, exc)
                     continue
@@ -534,6 +588,7 @@ class LibraryScorer:
             toks = loaded.vision.encode(np.stack(list(pix.values())))
             new = dict(zip(pix, toks, strict=True))
             self.store.put_visual_tokens(new, vid)
+            self.grouper.add_tokens(new, vid)
             summary.encoded += len(new)
             tokens.update(new)
         return tokens

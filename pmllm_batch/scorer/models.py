@@ -22,11 +22,18 @@ class LoadedModels:
     preset: str
 
 
-def load_models(settings: Any) -> LoadedModels:
-    """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use)."""
+def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedModels:
+    """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use).
 
+    With the ONNX backend the torch vision tower is built only when the ONNX artefact for this model is missing
+    (or fails to load): a warm start reads neither open_clip's tower nor its weights. ``build_tower=True`` always
+    builds it (the old behaviour, for the bench's before/after figure); the torch backend always needs it.
+    """
+
+    from pmllm_batch.errors import ModelLoadError
     from pmllm_batch.model.checkpoint import fingerprint
-    from pmllm_batch.model.factory import create_model
+    from pmllm_batch.model.factory import attach_vision_tower, create_model
+    from pmllm_batch.runtime.onnx_export import is_complete
     from pmllm_batch.runtime.vision_runner import load_vision_runner
 
     try:
@@ -44,12 +51,16 @@ def load_models(settings: Any) -> LoadedModels:
         overrides["vision"] = {"checkpoint": str(Path(m.vision_checkpoint).expanduser())}
     if m.lm_path:
         overrides["lm"] = {"name_or_path": str(Path(m.lm_path).expanduser())}
+    quantize = getattr(settings.score, "quantize", "none")
+    if quantize != "none":
+        overrides.setdefault("lm", {})["quantize"] = quantize
+    onnx = settings.vision.backend == "onnx"
     model = create_model(
         m.preset,
         m.checkpoint or None,
         offline=m.offline,
         device=device,
-        with_vision=True,
+        with_vision=not onnx or bool(build_tower),
         lm_cache_dir=str(settings.cache_dir()),
         overrides=overrides or None,
     )
@@ -59,21 +70,39 @@ def load_models(settings: Any) -> LoadedModels:
             "score; load a trained adapter (--checkpoint DIR or [model] checkpoint, e.g. from `pmllm-batch train`) "
             "or pass --allow-untrained for benchmarks."
         )
-    vision = load_vision_runner(
-        model,
-        fingerprint=fingerprint(model),
-        backend=settings.vision.backend,
-        variant=settings.vision.variant,
-        cache_root=settings.cache_dir() / "onnx",
-        providers=list(settings.vision.providers),
-        intra_op_threads=settings.vision.intra_op_threads,
-    )
-    if settings.vision.backend == "onnx":
+    # the ONNX export belongs to the vision side: an int8 LLM reuses its float32 twin's graph
+    vision_fp = fingerprint(model, lm_quantize=False)
+    onnx_root = settings.cache_dir() / "onnx"
+    if onnx and model.tower is None and not is_complete(onnx_root / vision_fp):
+        log.info("no ONNX vision graph cached for %s yet: building the torch vision tower once to export it", vision_fp)
+        attach_vision_tower(model, offline=m.offline)
+
+    def runner() -> Any:
+        return load_vision_runner(
+            model,
+            fingerprint=vision_fp,
+            backend=settings.vision.backend,
+            variant=settings.vision.variant,
+            cache_root=onnx_root,
+            providers=list(settings.vision.providers),
+            intra_op_threads=settings.vision.intra_op_threads,
+        )
+
+    try:
+        vision = runner()
+    except ModelLoadError:
+        if not onnx or model.tower is not None:
+            raise
+        # a cached graph that no longer loads: with the tower, load_vision_runner exports it again
+        attach_vision_tower(model, offline=m.offline)
+        vision = runner()
+    if onnx:
         model.tower = None  # the ONNX graph replaces it; free the memory
     fp = fingerprint(model, vision_graph_id=vision.graph_id)
     log.info(
-        "loaded %s (fingerprint %s, vision %s) in %.1fs on %s%s",
-        model.cfg.name, fp, vision.graph_id, time.perf_counter() - t0, device,
+        "loaded %s (fingerprint %s, vision %s%s) in %.1fs on %s%s",
+        model.cfg.name, fp, vision.graph_id, ", int8 LLM" if model.cfg.lm.quantize == "int8" else "",
+        time.perf_counter() - t0, device,
         " — DEMO model: scores show the mechanism, not real taste" if model.cfg.demo else "",
     )
     return LoadedModels(model, vision, fp, model.cfg.name)

@@ -12,6 +12,7 @@ from pmllm_batch.db import Store
 from pmllm_batch.outputs.albums import DEFAULT_TOP, build_albums
 
 from . import positive_int
+from .view_options import add_view_options, view_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top", type=positive_int, default=DEFAULT_TOP, metavar="N", help="photos per album")
     parser.add_argument("--profile", action="append", metavar="NAME", help="only this profile (repeatable)")
     parser.add_argument("--copy", action="store_true", help="copy the files instead of symlinking them")
+    add_view_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Adapter for ``albums``."""
+    group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
-        results = build_albums(store, args.out, profiles=args.profile, top=args.top, copy=args.copy)
+        results = build_albums(store, args.out, profiles=args.profile, top=args.top, copy=args.copy, group=group,
+                               scope=scope)
     for r in results:
         kind = "copies" if r.mode == "copy" else "symlinks"
         line = f"{r.profile}: {len(r.entries)} photos in {r.folder} ({kind})"

@@ -14,6 +14,7 @@ from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.tabular import FORMATS, export_ranking
 
 from . import positive_int, write_text_atomic
+from .view_options import add_view_options, view_of
 
 log = get_logger("cli.export")
 
@@ -29,13 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=FORMATS, default="csv", help="output format (default: csv)")
     parser.add_argument("--top", type=positive_int, metavar="N", help="only the N best photos")
     parser.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    add_view_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Adapter for ``export``."""
+    group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
-        table = export_ranking(store, args.profile, args.format, top=args.top)
+        table = export_ranking(store, args.profile, args.format, top=args.top, group=group, scope=scope)
     if not table.rows:
         log.warning("profile %s has no scored photos for the current model yet (run `pmllm-batch rank`)", args.profile)
     if args.out:

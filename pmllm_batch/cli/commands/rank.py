@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from pmllm_batch.config import Settings
 
-from . import positive_int, summary_line
+from . import plural, positive_int, summary_line
+from .view_options import add_view_options, view_of
 
 DEMO_NOTE = "demo model: these scores show the mechanism on a synthetic task, not real aesthetic judgement"
 
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="score even with fusion that was never trained (every photo alike): benchmarks only")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines: one object per profile ranking, then one summary object")
+    add_view_options(parser, under=False)  # the ranking printed is of the photos under PATH... only
     parser.set_defaults(func=run)
 
 
@@ -53,13 +56,17 @@ def with_model_options(args: argparse.Namespace, settings: Settings) -> Settings
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_model_options(args, settings)
     from pmllm_batch.db import Store
+    from pmllm_batch.outputs.grouping import RankingView
     from pmllm_batch.scorer.batch import LibraryScorer
 
+    roots = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
+    group, scope = view_of(args, settings, roots)  # checked before any work: a bad date is one sentence
     with Store(settings.db_url()) as store:
         scorer = LibraryScorer(settings, store, progress=not args.quiet and sys.stderr.isatty())
         summary = scorer.run(args.paths, args.profile)
         names = args.profile or [p.name for p in store.list_profiles()]
-        rankings = {n: store.ranking(n, top=args.top) for n in names}
+        view = RankingView(store, group=group, scope=scope)
+        rankings = {n: view.ranking(n, top=args.top) for n in names}
         demo = summary.demo  # also when nothing loaded: the model is known from an earlier run
     s = summary.to_dict()
     if args.json:
@@ -75,8 +82,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for name, rows in rankings.items():
         out.write(f"\n{name} — top {len(rows)}\n")
         for r in rows:
-            out.write(f"{r.rank:4d}. {r.score:.3f}  {r.path}\n")
+            extra = [os.path.basename(p) for p in r.paths[1:]]
+            note = f"  (+ {', '.join(extra)})" if extra else ""
+            if r.group_size > 1:
+                note += f"  [best of {r.group_size} similar]"
+            out.write(f"{r.rank:4d}. {r.score:.3f}  {r.path}{note}\n")
     out.write("\n" + _summary_line(s) + "\n")
+    unranked = []
+    if s.get("too_small"):
+        unranked.append(f"{plural(s['too_small'], 'photo')} too small to judge (shorter side below [scan] min_side "
+                        f"= {settings.scan.min_side} px)")
+    if s.get("raw_pairs"):
+        unranked.append(f"{plural(s['raw_pairs'], 'RAW file')} shown as the JPEG shot with it")
+    if unranked:
+        out.write("  not ranked: " + "; ".join(unranked) + "\n")
     for f in s["failures"]:
         out.write(f"  failed: {f['path']}: {f['reason']} — {f['message']}\n")
     return 0

@@ -14,6 +14,7 @@ from pmllm_batch.db import Store
 from pmllm_batch.errors import UserError
 
 from . import positive_int, print_json
+from .view_options import add_view_options, view_of
 
 if TYPE_CHECKING:
     from pmllm_batch.outputs.report import ReportSummary
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", action="append", metavar="NAME", help="only this profile (repeatable)")
     parser.add_argument("--top", type=positive_int, metavar="N", help="photos per person (default: [report] top)")
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_view_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -60,6 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for path in args.paths:
         if not os.path.exists(path):
             raise UserError(f"PATH {path} does not exist.")
+    group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
         summary = build_report(
             store,
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             thumb_size=settings.report.thumb_size,
             shares=settings.xmp.star_shares(),
             max_pixels=settings.scan.max_pixels,
+            group=group,
+            scope=scope,
         )
     if args.json:
         print_json(

@@ -18,7 +18,8 @@ def format_status(status: dict[str, Any]) -> str:
     photos = status["photos"]
     lines = [
         f"database: {status['db']}",
-        f"photos: {photos['ok']} ok, {photos['failed']} failed, {photos['missing']} missing",
+        f"photos: {photos['ok']} ok, {photos['failed']} failed, {photos['missing']} missing"
+        + (f", {photos['skipped']} skipped (too small, or a RAW+JPEG pair's RAW)" if photos.get("skipped") else ""),
         f"profiles: {status['profiles']}",
     ]
     current = status.get("current_model")

@@ -15,6 +15,7 @@ from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.xmp import NAMINGS, XmpSummary, write_sidecars
 
 from . import print_json
+from .view_options import add_view_options, view_of
 
 log = get_logger("cli.xmp")
 
@@ -60,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite-ratings", action="store_true", help="also replace ratings changed in a photo app"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_view_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for path in args.paths:
         if not os.path.exists(path):
             raise UserError(f"PATH {path} does not exist.")
+    group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
         summary = write_sidecars(
             store,
@@ -80,6 +83,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             paths=args.paths or None,
             dry_run=args.dry_run,
             overwrite_ratings=args.overwrite_ratings or settings.xmp.overwrite_ratings,
+            group=group,
+            scope=scope,
         )
     if summary.model is None:
         log.warning("nothing is scored yet; run `pmllm-batch rank PATH` first")

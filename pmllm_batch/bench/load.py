@@ -1,0 +1,133 @@
+"""Section 7: loading the models for the ONNX vision path with a warm artefact, with and without a torch tower.
+
+Each load runs in a fresh interpreter (``python -m pmllm_batch.bench --load-worker SPEC RESULT``), so its time
+includes nothing cached by this process and its resident memory is its own: ``after`` is the shipped loader (no
+torch vision tower when the ONNX export exists), ``before`` the same loader told to build the tower anyway, which is
+what every load did before (open_clip's tower built and its weights read, then dropped for the ONNX graph). The
+two alternate, so a change of machine load hits both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .inputs import SEED
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def load_once(spec: dict[str, Any]) -> dict[str, Any]:
+    """One load (in the calling process): seconds, RSS after it, and whether a torch tower was left or built."""
+    from unittest import mock
+
+    import open_clip.model
+
+    from pmllm_batch.bench.library import _library_settings, _random_cpu_loader
+    from pmllm_batch.scorer.models import load_models
+
+    work = Path(spec["work"])
+    settings = _library_settings(
+        work, Path(spec["cache_dir"]), spec["preset"], int(spec["threads"]), spec.get("checkpoint", "")
+    )
+    builder = open_clip.model._build_vision_tower
+    calls = {"n": 0}
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return builder(*args, **kwargs)
+
+    build_tower = bool(spec["build_tower"])
+    rss0 = _proc_status_mb("VmRSS")
+    with mock.patch.object(open_clip.model, "_build_vision_tower", counted):
+        t0 = time.perf_counter()
+        if spec["preset"] == "cpu":
+            loaded = _random_cpu_loader(settings, build_tower=build_tower)
+        else:
+            loaded = load_models(settings, build_tower=build_tower)
+        load_s = time.perf_counter() - t0
+    return {
+        "load_s": load_s,
+        "rss_mb": _proc_status_mb("VmRSS"),
+        "rss_before_load_mb": rss0,
+        "tower_builds": calls["n"],
+        "tower_kept": loaded.model.tower is not None,
+        "fingerprint": loaded.fingerprint,
+    }
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """``python -m pmllm_batch.bench --load-worker SPEC RESULT``."""
+    spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+    Path(argv[2]).write_text(json.dumps(load_once(spec)), encoding="utf-8")
+    return 0
+
+
+def _child(spec: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
+    work = Path(spec["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    tag = "tower" if spec["build_tower"] else "no-tower"
+    spec_file, result_file = work / f"load-{tag}.json", work / f"load-{tag}-result.json"
+    result_file.unlink(missing_ok=True)
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMLLM_")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmllm_batch.bench", "--load-worker", str(spec_file), str(result_file)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0 or not result_file.is_file():
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
+        raise RuntimeError(f"load bench for preset {spec['preset']} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def measure_load(
+    preset: str, work: Path, cache_dir: Path, threads: int, *, rounds: int = 1, checkpoint: str = "", seed: int = SEED
+) -> dict[str, Any]:
+    """Model load time and RSS for the ONNX backend with a warm artefact, before (tower built) and after (none).
+
+    The artefact must already be in ``cache_dir/onnx`` (the caller exported it; a first child would otherwise
+    export it and time that). Returns medians over ``rounds`` alternating pairs of children.
+    """
+    base = {"preset": preset, "work": str(work), "cache_dir": str(cache_dir), "threads": threads, "seed": seed}
+    base["checkpoint"] = checkpoint
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for r in range(rounds):
+        order = ("before", "after") if r % 2 == 0 else ("after", "before")
+        for arm in order:
+            runs[arm].append(_child({**base, "build_tower": arm == "before"}))
+    out: dict[str, Any] = {"rounds": rounds}
+    for arm, rows in runs.items():
+        out[arm] = {
+            "load_s": statistics.median(x["load_s"] for x in rows),
+            "rss_mb": statistics.median(x["rss_mb"] or 0.0 for x in rows),
+            "tower_builds": max(x["tower_builds"] for x in rows),
+            "runs": rows,
+        }
+    fps = {x["fingerprint"] for rows in runs.values() for x in rows}
+    out["same_fingerprint"] = len(fps) == 1
+    out["model_load_s"] = out["after"]["load_s"]
+    out["model_load_rss_mb"] = out["after"]["rss_mb"]
+    out["model_load_s_with_tower"] = out["before"]["load_s"]
+    out["model_load_rss_mb_with_tower"] = out["before"]["rss_mb"]
+    return out
