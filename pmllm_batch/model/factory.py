@@ -86,6 +86,10 @@ def create_model(
                 merged[section] = values
         cfg = ModelCfg.from_dict(merged)
     missing = missing_weights(cfg, cache_dir=cache_dir, with_vision=with_vision)
+    if missing and not with_vision:
+        # Name the vision weights too: without a cached ONNX graph the first run needs them to export it, and a
+        # user fetching files should learn about all of them at once.
+        missing = missing_weights(cfg, cache_dir=cache_dir, with_vision=True)
     if missing and (offline or not hub_reachable()):
         reason = "offline = true" if offline else "the Hugging Face hub cannot be reached"
         raise ModelLoadError(missing_sentence(missing, reason))
