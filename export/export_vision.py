@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from pmllm_batch.model.factory import create_model
     from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.factory import create_model
     from pmllm_batch.runtime.onnx_export import export_for_model
 
     try:

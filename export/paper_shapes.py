@@ -104,8 +104,8 @@ def build(args: argparse.Namespace, device: Any, dtype: Any) -> Any:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from pmllm_batch.model.config import ModelCfg
-    from pmllm_batch.model.presets import get_preset
     from pmllm_batch.model.pmllm import PMLLM
+    from pmllm_batch.model.presets import get_preset
     from pmllm_batch.model.vision import VisionTower
     from pmllm_batch.runtime.preprocess import preprocess_cfg_from_open_clip
 

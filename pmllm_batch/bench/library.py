@@ -63,9 +63,12 @@ def _random_cpu_loader(settings: Any, build_tower: bool | None = None) -> Any:
     from pmllm_batch.runtime.vision_runner import load_vision_runner
     from pmllm_batch.scorer.models import LoadedModels
 
-    model = random_cpu_model(SEED, with_tower=False)
-    if build_tower or not is_complete(settings.cache_dir() / "onnx" / fingerprint(model, lm_quantize=False)):
+    if build_tower:
         model = random_cpu_model(SEED)
+    else:
+        model = random_cpu_model(SEED, with_tower=False)
+        if not is_complete(settings.cache_dir() / "onnx" / fingerprint(model, lm_quantize=False)):
+            model = random_cpu_model(SEED)  # first use: the export needs the tower (same weights otherwise)
     vision = load_vision_runner(
         model,
         fingerprint=fingerprint(model),

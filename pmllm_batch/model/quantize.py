@@ -49,6 +49,63 @@ def check_quantize(mode: str) -> str:
     return mode
 
 
+def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x`` (m, k) as two-pass int8 (2m, k) and their scales (m, 1)."""
+    scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(_QMAX)
+    xs = x / scale
+    q1 = torch.round(xs)
+    q2 = xs.sub_(q1).mul_(_QMAX).round_()  # the residual, |.| <= 63.5 before rounding
+    return torch.cat([q1, q2]).to(torch.int8), scale
+
+
+def _int8_matmul(
+    q: torch.Tensor, scale: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor
+) -> torch.Tensor:
+    """(q1; q2) · W as float: ``scale * w_s * (q1·W + q2·W / 127)``. int32 accumulation: exact per row."""
+    m = scale.shape[0]
+    acc = torch._int_mm(q, weight_int8)  # (2m, out) int32
+    out = acc[m:] * (1.0 / _QMAX)
+    return out.add_(acc[:m]).mul_(weight_scale).mul_(scale)
+
+
+def _version(x: torch.Tensor) -> int:
+    """The tensor's in-place version counter (inference-mode tensors have none: -1)."""
+    try:
+        return int(x._version)
+    except RuntimeError:
+        return -1
+
+
+class _SharedInput:
+    """Siblings that read the same input (q/k/v; gate/up): the first call runs one GEMM for all of them and keeps the
+    others' outputs until they ask, as long as they get the very same, unmodified tensor (else each runs its own)."""
+
+    def __init__(self, members: list[Int8Linear]) -> None:
+        self.members = members
+        self.weight_int8 = torch.cat([m.weight_int8 for m in members], dim=1).contiguous()
+        self.weight_scale = torch.cat([m.weight_scale for m in members])
+        self.splits = [m.out_features for m in members]
+        start = 0
+        for m in members:  # each keeps a view of the joint weight, for a call on its own: no second copy
+            m.weight_int8 = self.weight_int8[:, start : start + m.out_features]
+            start += m.out_features
+        self.key: tuple[torch.Tensor, int] | None = None
+        self.pending: dict[int, torch.Tensor] = {}
+
+    def output(self, member: Int8Linear, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        index = self.members.index(member)
+        if self.key is not None and self.key[0] is x and self.key[1] == _version(x) and index in self.pending:
+            out = self.pending.pop(index)
+            if not self.pending:
+                self.key = None  # drop the references as soon as every sibling has its output
+            return out
+        q, scale = _quantize_rows(rows)
+        outs = _int8_matmul(q, scale, self.weight_int8, self.weight_scale).split(self.splits, dim=1)
+        self.pending = {i: o for i, o in enumerate(outs) if i != index}
+        self.key = (x, _version(x)) if self.pending else None
+        return outs[index]
+
+
 class Int8Linear(nn.Module):
     """A frozen ``nn.Linear`` as int8 weights (per output channel) × two-pass int8 activations (per row).
 
@@ -70,24 +127,26 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         self.register_buffer("bias", bias)
+        self._shared: _SharedInput | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, self.in_features).float()
-        m = rows.shape[0]
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(_QMAX)
-        xs = rows / scale
-        q1 = torch.round(xs)
-        q2 = xs.sub_(q1).mul_(_QMAX).round_()  # the residual, |.| <= 63.5 before rounding
-        acc = torch._int_mm(torch.cat([q1, q2]).to(torch.int8), self.weight_int8)  # (2m, out) int32, exact
-        out = acc[m:] * (1.0 / _QMAX)
-        out.add_(acc[:m]).mul_(self.weight_scale).mul_(scale)
+        if self._shared is not None:
+            out = self._shared.output(self, x, rows)
+        else:
+            q, scale = _quantize_rows(rows)
+            out = _int8_matmul(q, scale, self.weight_int8, self.weight_scale)
         if self.bias is not None:
-            out.add_(self.bias)
+            out = out + self.bias
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# Sibling projections that HF decoder layers call one after the other on the same tensor.
+_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def _swap_linears(module: nn.Module) -> int:
@@ -98,6 +157,14 @@ def _swap_linears(module: nn.Module) -> int:
             count += 1
         else:
             count += _swap_linears(child)
+    for names in _SIBLINGS:
+        members = [module._modules.get(n) for n in names]
+        if all(isinstance(m, Int8Linear) for m in members):
+            group = [m for m in members if isinstance(m, Int8Linear)]
+            if len({m.in_features for m in group}) == 1:
+                shared = _SharedInput(group)
+                for m in group:
+                    m._shared = shared
     return count
 
 

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pmllm_batch.model.factory import create_model
     from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.factory import create_model
     from pmllm_batch.runtime.onnx_export import export_for_model
 
     model = create_model(settings.model.preset, args.checkpoint or settings.model.checkpoint or None,
