@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--preset",
         dest="bench_preset",
-        choices=("demo", "cpu"),
+        choices=("demo", "cpu", "smol"),
         default=None,
         help="model to measure: demo (default) or cpu (random weights, cpu-preset shapes)",
     )
