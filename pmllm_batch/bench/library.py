@@ -199,16 +199,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def run_library_child(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
-    """Run :func:`library_runs` in a fresh interpreter (its peak RSS is then the scorer's own)."""
-    work = Path(spec["work"])
-    work.mkdir(parents=True, exist_ok=True)
-    spec_file, result_file = work / "spec.json", work / "result.json"
+def run_worker(flag: str, spec: dict[str, Any], spec_file: Path, result_file: Path, what: str,
+               timeout_s: float) -> dict[str, Any]:
+    """Run ``python -m pmllm_batch.bench FLAG SPEC RESULT`` in a fresh interpreter (its peak RSS is then its own)."""
+    result_file.unlink(missing_ok=True)
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMLLM_")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     proc = subprocess.run(
-        [sys.executable, "-m", "pmllm_batch.bench", "--library-worker", str(spec_file), str(result_file)],
+        [sys.executable, "-m", "pmllm_batch.bench", flag, str(spec_file), str(result_file)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -217,8 +216,15 @@ def run_library_child(spec: dict[str, Any], timeout_s: float = 900) -> dict[str,
     )
     if proc.returncode != 0 or not result_file.is_file():
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-        raise RuntimeError(f"library bench for preset {spec['preset']} failed (exit {proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{what} bench for preset {spec['preset']} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def run_library_child(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
+    """Run :func:`library_runs` in a fresh interpreter (its peak RSS is then the scorer's own)."""
+    work = Path(spec["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    return run_worker("--library-worker", spec, work / "spec.json", work / "result.json", "library", timeout_s)
 
 
 def worker_main(argv: Sequence[str]) -> int:

@@ -10,14 +10,13 @@ two alternate, so a change of machine load hits both.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pmllm_batch.bench.library import run_worker
 
 from .inputs import SEED
 
@@ -88,23 +87,9 @@ def _child(spec: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
     work = Path(spec["work"])
     work.mkdir(parents=True, exist_ok=True)
     tag = "tower" if spec["build_tower"] else "no-tower"
-    spec_file, result_file = work / f"load-{tag}.json", work / f"load-{tag}-result.json"
-    result_file.unlink(missing_ok=True)
-    spec_file.write_text(json.dumps(spec), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PMLLM_")}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pmllm_batch.bench", "--load-worker", str(spec_file), str(result_file)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=env,
-        check=False,
+    return run_worker(
+        "--load-worker", spec, work / f"load-{tag}.json", work / f"load-{tag}-result.json", "load", timeout_s
     )
-    if proc.returncode != 0 or not result_file.is_file():
-        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-        raise RuntimeError(f"load bench for preset {spec['preset']} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(result_file.read_text(encoding="utf-8"))
 
 
 def measure_load(

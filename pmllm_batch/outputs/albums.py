@@ -22,7 +22,7 @@ from pmllm_batch.db import RankedPhoto, Store
 from pmllm_batch.db.schema import utcnow
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
-from pmllm_batch.outputs.files import write_text_atomic
+from pmllm_batch.outputs.files import read_manifest_files, write_text_atomic
 from pmllm_batch.outputs.grouping import RankingView
 from pmllm_batch.outputs.scope import Scope
 
@@ -78,16 +78,7 @@ def read_manifest(folder: Path) -> list[str]:
     Raises:
         UserError: The manifest exists but is unreadable.
     """
-    path = folder / MANIFEST
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        files = data["files"]
-        if not isinstance(files, list):
-            raise TypeError("files is not a list")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"album manifest {path} is damaged ({exc}); delete the album folder and run again.") from None
+    files = read_manifest_files(folder / MANIFEST, "album manifest", "the album folder") or []
     # Only plain names inside this folder: a damaged or hand-edited manifest must never point elsewhere.
     return [n for n in files if isinstance(n, str) and n and n == os.path.basename(n) and n not in (".", "..")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,3 +61,21 @@ def replace_file_bytes(target: Path, data: bytes, mode: int | None = None) -> No
         except OSError:
             pass  # nothing more can be done in an unusable folder
         raise
+
+
+def read_manifest_files(path: Path, what: str, folder: str = "the folder") -> list[object] | None:
+    """The ``files`` list of a manifest this tool wrote (albums, report); None when there is none.
+
+    Raises:
+        UserError: The manifest exists but is unreadable or damaged (``what`` names it, e.g. "album manifest").
+    """
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"]
+        if not isinstance(files, list):
+            raise TypeError("files is not a list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{what} {path} is damaged ({exc}); delete {folder} and run again.") from None
+    return files

@@ -26,7 +26,7 @@ from pmllm_batch.db import Store
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.albums import check_outside_roots
-from pmllm_batch.outputs.files import replace_file_bytes
+from pmllm_batch.outputs.files import read_manifest_files, replace_file_bytes
 from pmllm_batch.outputs.grouping import RankingView
 from pmllm_batch.outputs.scope import Scope, in_scope, resolve_scopes
 from pmllm_batch.outputs.stars import DEFAULT_SHARES, star_label, stars_by_hash
@@ -140,16 +140,9 @@ def page_names(names: Sequence[str]) -> dict[str, str]:
 
 def _read_manifest(out_dir: Path) -> list[str] | None:
     """Files a previous report wrote (relative, inside ``out_dir``); None when there is no manifest."""
-    path = out_dir / MANIFEST
-    if not path.exists():
+    files = read_manifest_files(out_dir / MANIFEST, "report manifest")
+    if files is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        files = data["files"]
-        if not isinstance(files, list):
-            raise TypeError("files is not a list")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"report manifest {path} is damaged ({exc}); delete the folder and run again.") from None
     safe = []
     for rel in files:
         if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
