@@ -71,6 +71,13 @@ class VisionSettings:
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")  # ORT preference order
     batch_size: int = field(default=16, metadata=_minimum(1))  # images per vision pass
     intra_op_threads: int = field(default=0, metadata=_minimum(0))  # 0 = ORT decides
+    # Visual-token cache budget in MiB (least recently used evicted first; 0 = unbounded). An evicted photo keeps
+    # its scores and is only encoded again when a profile or model added later needs it.
+    cache_budget_mb: float = field(default=4096.0, metadata=_minimum(0))
+
+    @property
+    def cache_budget_bytes(self) -> int:
+        return int(self.cache_budget_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True)

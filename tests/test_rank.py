@@ -197,3 +197,58 @@ def test_user_mistakes_are_one_sentence_and_nonzero(env, tmp_path, case, monkeyp
     assert "Traceback" not in err and out == ""
     assert code == expected[0], err
     assert re.fullmatch("pmllm-batch: error: " + expected[1] + "\n", err), err
+
+
+def _scores(env, db: Path) -> dict[tuple[str, str], float]:
+    from pmllm_batch.db import Store
+
+    with Store(f"sqlite:///{db}") as store, store.engine.connect() as conn:
+        return {(r[0], r[1]): float(r[2]) for r in conn.execute(text(
+            "SELECT s.content_hash, p.name, s.score FROM scores s JOIN profiles p ON p.id = s.profile_id"))}
+
+
+@pytest.mark.integration
+def test_one_pass_under_a_cache_budget_evicts_and_scores_stay_right(env, tmp_path):
+    lib = tmp_path / "library"
+    good = make_photo_folder(lib)
+    n = len(good)
+    # The fp32 vision graph: the int8 one quantises activations per batch, so a photo encoded again in another batch
+    # gets slightly different tokens (up to ~0.02 in score), which would hide what this test checks.
+    env.write_config('[vision]\nvariant = "fp32"\n')
+    # reference: an unbounded cache, both profiles from the start
+    ref = tmp_path / "ref.sqlite"
+    code, _, err = env.run_cli("--db", str(ref), "profile", "add", str(env.write_profile("ana", age=30)),
+                               str(env.write_profile("bernd", age=70, big_five={"openness": 1})))
+    assert code == 0, err
+    code, stdout, err = env.run_cli("--db", str(ref), "rank", str(lib), "--json")
+    assert code == 0, err
+    assert (_summary(stdout)["encoded"], _summary(stdout)["scored"]) == (n, 2 * n)
+    with env.store().__class__(f"sqlite:///{ref}") as store:
+        entries, nbytes = store.visual_cache_bytes()
+    assert entries == n
+    per_photo = nbytes // n
+    # a budget of two and a half photos: the cache overflows inside the first vision batch
+    env.write_config(f'[vision]\nvariant = "fp32"\ncache_budget_mb = {2.5 * per_photo / 2**20!r}\n')
+    code, _, err = env.run_cli("profile", "add", str(env.write_profile("ana", age=30)))
+    assert code == 0, err
+    code, stdout, err = env.run_cli("rank", str(lib), "--json")
+    assert code == 0, err
+    first = _summary(stdout)
+    # one pass: every photo went through vision once and was scored from memory, though its tokens are gone now
+    assert (first["encoded"], first["scored"]) == (n, n)
+    code, stdout, err = env.run_cli("status", "--json")
+    cache = json.loads(stdout)["visual_cache"]
+    assert (cache["entries"], cache["evicted"], cache["bytes"]) == (2, n - 2, 2 * per_photo)
+    code, stdout, err = env.run_cli("status")
+    assert f"visual-token cache: 2 entries, " in stdout and f"; {n - 2} evicted (least recently used first)" in stdout
+    # a profile added later: the evicted photos are read again and encoded, the two cached ones are not
+    code, _, err = env.run_cli("profile", "add", str(env.write_profile("bernd", age=70, big_five={"openness": 1})))
+    assert code == 0, err
+    code, stdout, err = env.run_cli("rank", str(lib), "--json")
+    assert code == 0, err
+    second = _summary(stdout)
+    assert (second["encoded"], second["scored"]) == (n - 2, n)
+    got, want = _scores(env, env.db_path), _scores(env, ref)
+    assert set(got) == set(want) and len(got) == 2 * n
+    bad = {k: (got[k], want[k]) for k in want if abs(got[k] - want[k]) >= 1e-4}
+    assert not bad

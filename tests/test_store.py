@@ -283,13 +283,50 @@ def test_status_reports_counts_failures_and_last_run(store: Store, db_path: Path
     status = store.status()
     assert status["photos"] == {"ok": 3, "failed": 1, "missing": 1}
     assert status["profiles"] == 1 and status["models"] == 1 and status["scores_current_model"] == 1
-    assert status["visual_cache"] == {"entries": 1, "bytes": 8}
+    assert status["visual_cache"] == {"entries": 1, "bytes": 8, "evicted": 0}
     assert status["failures"] == [{"path": "/lib/bad.jpg", "reason": "truncated", "message": "the file is truncated."}]
     assert status["last_run"]["kind"] == "scan" and status["last_run"]["status"] == "ok"
     assert status["last_run"]["summary"] == {"scanned": 5} and status["last_run"]["args"] == {"roots": ["/lib"]}
     assert status["db"] == f"sqlite:///{db_path}"
     with pytest.raises(ValueError):
         store.finish_run(run_id, "running", {})
+
+
+def test_the_byte_budget_evicts_the_least_recently_used_entries_and_counts_them(store: Store) -> None:
+    tokens = {h: np.full((10, 40), i, np.float32) for i, h in enumerate(["ha", "hb", "hc", "hd"])}  # 800 B each
+    assert store.put_visual_tokens({"ha": tokens["ha"]}, "v", budget_bytes=2000) == 0
+    assert store.put_visual_tokens({"hb": tokens["hb"]}, "v", budget_bytes=2000) == 0
+    assert set(store.get_visual_tokens(["ha"], "v")) == {"ha"}  # read: "ha" is now used more recently than "hb"
+    assert store.put_visual_tokens({"hc": tokens["hc"]}, "v", budget_bytes=2000) == 1
+    assert store.cached_hashes(["ha", "hb", "hc"], "v") == {"ha", "hc"}
+    assert store.visual_cache_bytes() == (2, 1600)
+    # a batch larger than the budget keeps only what fits, newest last in, oldest out first
+    assert store.put_visual_tokens({"hd": tokens["hd"]}, "v", budget_bytes=800) == 2
+    assert store.cached_hashes(["ha", "hb", "hc", "hd"], "v") == {"hd"}
+    np.testing.assert_array_equal(store.get_visual_tokens(["hd"], "v")["hd"], tokens["hd"])
+    assert store.status()["visual_cache"] == {"entries": 1, "bytes": 800, "evicted": 3}
+    # no budget: nothing goes
+    assert store.put_visual_tokens({"ha": tokens["ha"], "hb": tokens["hb"]}, "v") == 0
+    assert store.visual_cache_bytes() == (3, 2400)
+
+
+def test_a_version_3_cache_gains_the_budget_columns_and_keeps_its_entries(store: Store, db_path: Path) -> None:
+    store.put_visual_tokens({"ha": np.ones((4, 4), np.float32)}, "v")
+    store.close()
+    con = sqlite3.connect(db_path)  # turn it back into what schema version 3 wrote
+    con.execute("DROP INDEX ix_visual_tokens_used_at")
+    con.execute("ALTER TABLE visual_tokens DROP COLUMN nbytes")
+    con.execute("ALTER TABLE visual_tokens DROP COLUMN used_at")
+    con.execute("DELETE FROM migrations WHERE name = '0004_visual_cache_budget'")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Store(f"sqlite:///{db_path}") as upgraded:
+        assert upgraded.schema_version() == db_schema.latest_version()
+        np.testing.assert_array_equal(upgraded.get_visual_tokens(["ha"], "v")["ha"], np.ones((4, 4), np.float32))
+        # the old entry is sized, so the budget counts it
+        assert upgraded.put_visual_tokens({"hb": np.ones((4, 4), np.float32)}, "v", budget_bytes=32) == 1
+        assert upgraded.cached_hashes(["ha", "hb"], "v") == {"hb"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

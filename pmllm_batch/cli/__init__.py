@@ -16,6 +16,7 @@ from pmllm_batch.cli.app import (
     PROG,
     build_parser,
     check_db_location,
+    command_module,
     creates_db,
     overrides_from_args,
 )
@@ -46,9 +47,15 @@ def _silence_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pmllm-batch`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
-    parser = build_parser()
+    words = list(argv) if argv is not None else sys.argv[1:]
+    if words == ["--version"]:
+        from pmllm_batch.version import __version__
+
+        print(f"{PROG} {__version__}")
+        return 0
+    parser = build_parser(command_module(words))
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(words)
     except SystemExit as exc:  # --help / --version (0) or a usage error (2); argparse already printed why
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 

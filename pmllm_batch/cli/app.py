@@ -92,8 +92,23 @@ def _accept_global_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=_AFTER + _dest(flags), default=argparse.SUPPRESS, **spec)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser: global options, then one subparser per module in :data:`COMMAND_MODULES`."""
+def command_module(argv: list[str] | None) -> str | None:
+    """The module of the command ``argv`` names (its first word that is a command), or None (help, a typo ...)."""
+    for word in argv or []:
+        if word == "--":
+            return None
+        name = word.replace("-", "_")
+        if not word.startswith("-") and name in COMMAND_MODULES:
+            return name
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser: global options, then one subparser per module in :data:`COMMAND_MODULES`.
+
+    With ``only`` (a module name) just that command's parser is built, so ``status`` or ``profile list`` imports
+    no other command's dependencies (start-up time); the full parser serves ``--help`` and mistakes.
+    """
     parser = _Parser(
         prog=PROG,
         description="Rank a photo library for each person profile with P-MLLM; rankings are kept in SQLite.",
@@ -104,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=argparse.ArgumentParser
     )
-    for name in COMMAND_MODULES:
+    for name in [only] if only in COMMAND_MODULES else COMMAND_MODULES:
         module = importlib.import_module(f"pmllm_batch.cli.commands.{name}")
         module.register(subparsers)
     _accept_global_options(parser)

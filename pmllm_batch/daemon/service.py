@@ -465,7 +465,7 @@ class WatchService:
         if self._missing_roots:
             self._next_root_check = min(self._next_root_check, time.monotonic() + self._root_wait)
         if roots:
-            settling = self.scorer.sync(roots, summary, settle_s=float(self.cfg.settle))
+            settling = self.scorer.sync(roots, summary, settle_s=float(self.cfg.settle), profiles=self._profiles)
             for path in settling:
                 self.tracker.touch(str(path))
             self._score(summary)
@@ -491,7 +491,7 @@ class WatchService:
         roots = self._available_roots()
         paths = [p for p in paths if self.filter.root_of(p) in roots]
         if paths:
-            self.scorer.sync(roots, summary, paths=paths)
+            self.scorer.sync(roots, summary, paths=paths, profiles=self._profiles)
             self._score(summary)
         self._log_batch("batch", summary, time.monotonic() - t0, files=len(paths))
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -27,6 +26,8 @@ from pmllm_batch.db.schema import GroupState, ModelRow, Photo, PhotoEmbedding, P
 from pmllm_batch.db.sql import RowValues, chunks, insert_ignore, table_of
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pmllm_batch.db.engine import Database
 
 __all__ = ["EmbeddingRow", "GroupStore", "LSH_TABLES", "taken_seconds"]
@@ -58,6 +59,8 @@ def taken_seconds(taken_at: str | None) -> int | None:
 
 
 def _vector(data: bytes, dim: int) -> np.ndarray:
+    import numpy as np
+
     return np.frombuffer(data, dtype="<f4", count=dim).astype(np.float32)
 
 
@@ -82,6 +85,8 @@ def _rows(s: Session, stmt: Any) -> list[EmbeddingRow]:
 
 def put_embeddings(s: Session, vision_id: str, items: Mapping[str, tuple[np.ndarray, Sequence[int]]]) -> int:
     """Insert (unit vector, LSH keys) per hash, not yet linked; hashes already stored are left alone."""
+    import numpy as np
+
     rows: list[RowValues] = []
     for h, (vec, lsh) in items.items():
         arr = np.ascontiguousarray(vec, dtype="<f4")
@@ -201,6 +206,8 @@ def links(s: Session, vision_id: str) -> list[tuple[str, str, float]]:
 
 
 def state(s: Session, vision_id: str) -> tuple[dict[str, Any], np.ndarray | None, int] | None:
+    import numpy as np
+
     row = s.get(GroupState, vision_id)
     if row is None:
         return None
@@ -209,6 +216,8 @@ def state(s: Session, vision_id: str) -> tuple[dict[str, Any], np.ndarray | None
 
 
 def set_state(s: Session, vision_id: str, params: Mapping[str, Any], center: np.ndarray | None, center_n: int) -> None:
+    import numpy as np
+
     row = s.get(GroupState, vision_id)
     data = None if center is None else np.ascontiguousarray(center, dtype="<f4").tobytes()
     text = json.dumps(dict(params), sort_keys=True)

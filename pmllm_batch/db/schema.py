@@ -41,6 +41,7 @@ RUN_STATUSES = ("running", "ok", "interrupted", "failed")
 META_SCHEMA_VERSION = "schema_version"
 META_PROFILES_VERSION = "profiles_version"  # bumped by every profile add/change/remove (the daemon polls it)
 META_CURRENT_MODEL = "current_model_id"  # the model whose scores rankings read
+META_CACHE_EVICTED = "visual_cache_evicted"  # visual-token entries evicted by the byte budget, ever
 
 
 def utcnow() -> datetime:
@@ -154,6 +155,10 @@ class VisualTokens(Base):
     shape_json: Mapped[str] = mapped_column(String(64))
     dtype: Mapped[str] = mapped_column(String(16), default="float16")
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    # The byte budget's bookkeeping ([vision] cache_budget_mb): blob size, and when the entry was last written or
+    # read (ns since the epoch); the least recently used entries are evicted first.
+    nbytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
 class Run(Base):
@@ -263,10 +268,26 @@ def _create_group_tables(conn: Connection) -> None:
     )
 
 
+def _add_visual_cache_lru(conn: Connection) -> None:
+    # Schema 3 caches lack the budget's columns: add them, size the blobs, and count every old entry as unused.
+    table = VisualTokens.__tablename__
+    columns = {c["name"] for c in inspect(conn).get_columns(table)}
+    if "nbytes" not in columns:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN nbytes BIGINT"))
+    if "used_at" not in columns:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN used_at BIGINT"))
+    conn.execute(text(f"UPDATE {table} SET nbytes = length(data) WHERE nbytes IS NULL"))
+    conn.execute(text(f"UPDATE {table} SET used_at = 0 WHERE used_at IS NULL"))
+    indexes = {i["name"] for i in inspect(conn).get_indexes(table)}
+    if f"ix_{table}_used_at" not in indexes:
+        conn.execute(text(f"CREATE INDEX ix_{table}_used_at ON {table} (used_at)"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_create_tables", _create_tables),
     Migration(2, "0002_run_owner", _add_run_owner),
     Migration(3, "0003_photo_groups", _create_group_tables),
+    Migration(4, "0004_visual_cache_budget", _add_visual_cache_lru),
 ]
 
 

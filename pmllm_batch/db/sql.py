@@ -6,8 +6,6 @@ from collections.abc import Iterator, Sequence
 from typing import TypeVar, cast
 
 from sqlalchemy import Table, insert, select
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import Session
 
 from pmllm_batch.db import schema
@@ -41,11 +39,15 @@ def insert_ignore(s: Session, table: Table, rows: list[RowValues], keys: list[st
     inserted = 0
     if dialect in ("sqlite", "postgresql"):
         if dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite as sqlite_dialect
+
             stmt = sqlite_dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
             for chunk in chunks(rows):
                 inserted += max(conn.execute(stmt, list(chunk)).rowcount, 0)
             return inserted
         # psycopg's executemany (SQLAlchemy's "insertmanyvalues") reports no row count: count what RETURNING gives
+        from sqlalchemy.dialects import postgresql as postgresql_dialect
+
         pg_stmt = postgresql_dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
         returning = pg_stmt.returning(table.c[keys[0]])
         for chunk in chunks(rows):

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import Engine
 
 from pmllm_batch.db import check, migrations, models, photos, profiles, runs, scores, visual_tokens
@@ -27,6 +26,9 @@ from pmllm_batch.db.groups import GroupStore
 from pmllm_batch.db.profiles import persona_digest
 from pmllm_batch.db.records import PhotoRecord, ProfileRow, RankedPhoto
 from pmllm_batch.profiles import Profile
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Callers import the records from here too (``from pmllm_batch.db.store import PhotoRecord, Store``).
 __all__ = ["PhotoRecord", "ProfileRow", "RankedPhoto", "Store", "persona_digest"]
@@ -262,20 +264,31 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
             hash -> float32 array of the stored shape (e.g. (N_vis, D_lm)); absent hashes are not in the dict.
         """
         with self._db.read() as s:
-            return visual_tokens.get(s, hashes, vision_id)
+            found = visual_tokens.get(s, hashes, vision_id)
+        if found:
+            with self._db.write() as s:
+                visual_tokens.touch(s, list(found), vision_id)
+        return found
 
     def cached_hashes(self, hashes: list[str], vision_id: str) -> set[str]:
         """Which of ``hashes`` have cached visual tokens under ``vision_id`` (no blob is read)."""
         with self._db.read() as s:
             return visual_tokens.present(s, hashes, vision_id)
 
-    def put_visual_tokens(self, items: dict[str, np.ndarray], vision_id: str) -> None:
-        """Cache visual tokens as little-endian float16 bytes; hashes already cached are left as they are."""
+    def put_visual_tokens(self, items: dict[str, np.ndarray], vision_id: str, *, budget_bytes: int = 0) -> int:
+        """Cache visual tokens as little-endian float16 bytes; hashes already cached are left as they are.
+
+        With ``budget_bytes`` > 0 the least recently used entries are then evicted until the cache fits it.
+
+        Returns:
+            How many entries the budget evicted.
+        """
         rows = visual_tokens.encode(items, vision_id)
         if not rows:
-            return
+            return 0
         with self._db.write() as s:
             visual_tokens.put(s, rows)
+            return visual_tokens.evict(s, budget_bytes)
 
     def visual_cache_bytes(self) -> tuple[int, int]:
         """(number of cached entries, total bytes of their blobs)."""
@@ -363,19 +376,20 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
 
         Returns:
             {"photos": {"ok", "failed", "missing"}, "profiles", "models", "current_model" (id, fingerprint,
-            preset, or None), "scores_current_model", "visual_cache": {"entries", "bytes"}, "failures": [{"path",
-            "reason", "message"}] (every failed photo, by path), "last_run" (or None), "db"}.
+            preset, or None), "scores_current_model", "visual_cache": {"entries", "bytes", "evicted"},
+            "failures": [{"path", "reason", "message"}] (every failed photo, by path), "last_run" (or None), "db"}.
         """
         with self._db.read() as s:
             mid = models.current_id(s)
             entries, nbytes = visual_tokens.totals(s)
+            evicted = visual_tokens.evicted_count(s)
             return {
                 "photos": photos.count_by_status(s),
                 "profiles": profiles.count(s),
                 "models": models.count(s),
                 "current_model": models.describe(s, mid),
                 "scores_current_model": scores.count_for_model(s, mid),
-                "visual_cache": {"entries": entries, "bytes": nbytes},
+                "visual_cache": {"entries": entries, "bytes": nbytes, "evicted": evicted},
                 "failures": photos.failures(s),
                 "last_run": runs.last(s),
                 "db": self._db.safe_url,

@@ -163,6 +163,20 @@ def model_recipe(settings: Any) -> str:
 
 
 @dataclass
+class _OnePass:
+    """The profiles a sync scores as it encodes (one pass), and what each already has under the current model."""
+
+    profiles: list[Any]
+    _scored: dict[tuple[int, int], set[str]] = field(default_factory=dict)
+
+    def scored(self, profile_id: int, model_id: int, store: Store) -> set[str]:
+        key = (int(profile_id), int(model_id))
+        if key not in self._scored:
+            self._scored[key] = store.scored_hashes(profile_id, model_id)
+        return self._scored[key]
+
+
+@dataclass
 class _Prepared:
     entry: FileEntry
     record: PhotoRecord
@@ -199,6 +213,9 @@ class LibraryScorer:
         self._model: KnownModel | None = None  # known (from the recipe) or registered (after a load)
         self._registered = False  # ensure_model ran for self._model in this process
         self._looked_up = False
+        self._one_pass = _OnePass([])
+        self._prefixes: dict[tuple[str, int, str], Any] = {}  # (model fingerprint, profile id, persona) -> prefix
+        self._budget = int(getattr(getattr(settings, "vision", None), "cache_budget_bytes", 0) or 0)
         group_settings = getattr(settings, "group", None)
         if group_settings is None:
             from pmllm_batch.config import GroupSettings
@@ -270,7 +287,7 @@ class LibraryScorer:
         try:
             with self.work() as held:  # the whole run, so a second rank waits instead of interleaving
                 if held:
-                    self.sync(roots_abs, summary)
+                    self.sync(roots_abs, summary, profiles=profiles)
                     if not self.should_stop():
                         self.score_profiles(profiles, summary)
         except KeyboardInterrupt:
@@ -292,8 +309,13 @@ class LibraryScorer:
         paths: Iterable[Path] | None = None,
         *,
         settle_s: float | None = None,
+        profiles: Sequence[Any] | None = None,
     ) -> list[Path]:
         """Bring photo rows (and the visual-token cache) up to date for ``roots``.
+
+        With ``profiles``, the run is one pass: each chunk of newly encoded photos is scored for every one of those
+        profiles while its tokens are in memory (the cache is read back only for pairs left over, such as a profile
+        or model added later).
 
         With ``paths`` only those files are looked at (the daemon's event batches) and nothing is
         marked missing except those of them that are gone. With ``settle_s``, files modified less than that
@@ -305,7 +327,11 @@ class LibraryScorer:
         with self.work() as held:
             if not held:
                 return []
-            return self._sync(roots, summary, paths, settle_s)
+            self._one_pass = _OnePass(list(profiles or []))
+            try:
+                return self._sync(roots, summary, paths, settle_s)
+            finally:
+                self._one_pass = _OnePass([])
 
     def _sync(
         self, roots: Sequence[Path], summary: RunSummary, paths: Iterable[Path] | None, settle_s: float | None
@@ -411,7 +437,7 @@ class LibraryScorer:
             pending = todo[prof.id]
             if not pending:
                 continue
-            prefix = loaded.model.encode_prefix(prof.profile)
+            prefix = self._prefix(loaded, model, prof)
             bar = self._bar(len(pending), f"score {prof.name}")
             for i in range(0, len(pending), batch_size):
                 if self.should_stop():
@@ -435,6 +461,44 @@ class LibraryScorer:
                     bar.update(len(chunk))
             if bar:
                 bar.close()
+
+    def _prefix(self, loaded: LoadedModels, model: KnownModel, prof: Any) -> Any:
+        """The profile's cached persona prefix under this model (kept across runs: the daemon's batches reuse it)."""
+        persona = repr(prof.profile)
+        key = (model.fingerprint, int(prof.id), persona)
+        if key not in self._prefixes:
+            for old in [k for k in self._prefixes if k[1] == key[1]]:
+                del self._prefixes[old]  # that profile changed, or the model did
+            self._prefixes[key] = loaded.model.encode_prefix(prof.profile)
+        return self._prefixes[key]
+
+    def _score_fresh(self, tokens: dict[str, np.ndarray], loaded: LoadedModels, summary: RunSummary) -> None:
+        """One pass: score photos encoded just now for every profile of this run, from the tokens in memory."""
+        if not self._one_pass.profiles or not tokens:
+            return
+        model = self.known_model(load=True)
+        assert model is not None
+        import torch
+
+        self._note_model(model, summary)
+        batch_size = int(self.settings.score.batch_size)
+        for prof in self._one_pass.profiles:
+            done = self._one_pass.scored(prof.id, model.id, self.store)
+            todo = [h for h in tokens if h not in done]
+            if not todo:
+                continue
+            prefix = self._prefix(loaded, model, prof)
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i : i + batch_size]
+                vis = torch.from_numpy(np.stack([tokens[h] for h in chunk]))
+                with torch.inference_mode():
+                    out = loaded.model.score_cached(prefix, vis)
+                rows = [
+                    (h, prof.id, float(sc), [round(float(p), 5) for p in pr])
+                    for h, sc, pr in zip(chunk, out.scores.tolist(), out.probs.tolist(), strict=True)
+                ]
+                summary.scored += self.store.add_scores(model.id, rows)
+                done.update(chunk)
 
     # ------------------------------------------------------------------------------------------
     # internals
@@ -546,9 +610,11 @@ class LibraryScorer:
                     uniq.setdefault(p.record.content_hash or "", p)
                 if uniq and loaded is not None:
                     toks = loaded.vision.encode(np.stack([p.pixels for p in uniq.values() if p.pixels is not None]))
-                    self.store.put_visual_tokens(dict(zip(uniq, toks, strict=True)), model.vision_id)
-                    self.grouper.add_tokens(dict(zip(uniq, toks, strict=True)), model.vision_id)
+                    fresh_tokens = dict(zip(uniq, _as_cached(toks), strict=True))
+                    self.store.put_visual_tokens(fresh_tokens, model.vision_id, budget_bytes=self._budget)
+                    self.grouper.add_tokens(fresh_tokens, model.vision_id)
                     summary.encoded += len(uniq)
+                    self._score_fresh(fresh_tokens, loaded, summary)
                 self.store.upsert_photos([p.record for p in prepared])
                 written.update((p.record.path, p.record.content_hash) for p in prepared
                                if p.record.status == "ok" and p.record.content_hash)
@@ -586,8 +652,8 @@ class LibraryScorer:
                 break
         if pix:
             toks = loaded.vision.encode(np.stack(list(pix.values())))
-            new = dict(zip(pix, toks, strict=True))
-            self.store.put_visual_tokens(new, vid)
+            new = dict(zip(pix, _as_cached(toks), strict=True))
+            self.store.put_visual_tokens(new, vid, budget_bytes=self._budget)
             self.grouper.add_tokens(new, vid)
             summary.encoded += len(new)
             tokens.update(new)
@@ -614,6 +680,12 @@ def saved_text(summary: RunSummary) -> str:
     """What an interrupted run kept, for the "interrupted" line."""
     return (f"the work finished before it is saved ({_plural(summary.encoded, 'photo')} through vision, "
             f"{_plural(summary.scored, '(photo, profile) pair')} scored): run the same command again to do the rest")
+
+
+def _as_cached(tokens: np.ndarray) -> np.ndarray:
+    """Tokens exactly as the cache gives them back (float16 values as float32): a photo scored from memory in one
+    pass gets the score it would get from the cache later."""
+    return np.asarray(tokens).astype("<f2").astype(np.float32)
 
 
 def _safe_hash(path: Path) -> str | None:

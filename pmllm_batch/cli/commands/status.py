@@ -29,7 +29,12 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(models)
     lines.append(f"scores (current model): {status['scores_current_model']}")
     cache = status["visual_cache"]
-    lines.append(f"visual-token cache: {cache['entries']} entries, {human_bytes(cache['bytes'])}")
+    line = f"visual-token cache: {cache['entries']} entries, {human_bytes(cache['bytes'])}"
+    if cache.get("budget_bytes"):
+        line += f" of a {human_bytes(cache['budget_bytes'])} budget"
+    if cache.get("evicted"):
+        line += f"; {cache['evicted']} evicted (least recently used first)"
+    lines.append(line)
     run = status.get("last_run")
     if run:
         when = f"started {run['started_at']}"
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 )
             checked = what
         status = store.status()
+        status["visual_cache"]["budget_bytes"] = settings.vision.cache_budget_bytes
         if store.read_only:
             status["read_only"] = True
     if checked is not None:
