@@ -240,7 +240,7 @@ def test_one_pass_under_a_cache_budget_evicts_and_scores_stay_right(env, tmp_pat
     cache = json.loads(stdout)["visual_cache"]
     assert (cache["entries"], cache["evicted"], cache["bytes"]) == (2, n - 2, 2 * per_photo)
     code, stdout, err = env.run_cli("status")
-    assert f"visual-token cache: 2 entries, " in stdout and f"; {n - 2} evicted (least recently used first)" in stdout
+    assert "visual-token cache: 2 entries, " in stdout and f"; {n - 2} evicted (least recently used first)" in stdout
     # a profile added later: the evicted photos are read again and encoded, the two cached ones are not
     code, _, err = env.run_cli("profile", "add", str(env.write_profile("bernd", age=70, big_five={"openness": 1})))
     assert code == 0, err
