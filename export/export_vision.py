@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a preset's vision encoder (CLIP ViT patch tokens → projector) to an ONNX artefact folder.
+"""Export a preset's vision encoder (CLIP ViT patch tokens, before the projector) to an ONNX artefact folder.
 
     python export/export_vision.py --preset demo --out artefacts/demo-vision
     python export/export_vision.py --preset paper --checkpoint runs/paper/adapter --out artefacts/paper-vision

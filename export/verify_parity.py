@@ -36,7 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--preset", default="demo", help="model preset whose torch tower is the reference")
     src.add_argument("--open-clip", metavar="NAME", help="a random-weight open_clip tower instead (e.g. ViT-B-32)")
     p.add_argument("--checkpoint", default=None, help="adapter folder, 'none', or omit for the preset's default")
-    p.add_argument("--lm-width", type=int, default=896, help="projector output width with --open-clip")
     p.add_argument("--onnx-dir", type=Path, help="artefact folder to check (default: export into a temp folder)")
     p.add_argument("--batch", type=int, default=8, help="the batch size N checked besides 1")
     p.add_argument("--photos", type=Path, help="folder of real photos (default examples/photos, else shared samples)")
@@ -77,14 +76,13 @@ def build_reference(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
     if args.open_clip:
         import open_clip
 
-        from pmllm_batch.model.projector import build_projector
         from pmllm_batch.model.vision import VisionEncoder, VisionTower
         from pmllm_batch.runtime.preprocess import preprocess_cfg_from_open_clip
 
         torch.manual_seed(0)
         clip = open_clip.create_model(args.open_clip, pretrained=None)
         tower = VisionTower(clip.visual)
-        encoder = VisionEncoder(tower, build_projector("mlp2x_gelu", tower.width, args.lm_width)).eval()
+        encoder = VisionEncoder(tower).eval()
         return encoder, preprocess_cfg_from_open_clip(clip.visual), {"open_clip": args.open_clip, "random": True}
     from pmllm_batch.model.factory import create_model
 

@@ -315,3 +315,60 @@ def test_demo_preset_builds_offline_and_prefix_cache_matches(fresh_demo_model):
         cached = model.score_cached(model.encode_prefix(PROFILE), vis).scores
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
     assert ((full >= 1) & (full <= 5)).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# What the visual-token cache keeps: tower features (pooled for the paper preset), not the projector's output
+# --------------------------------------------------------------------------------------------------
+
+
+def _demo_vision_cfg(pool: int):
+    from pmllm_batch.model.presets import get_preset, resolve_path
+
+    cfg = ModelCfg.from_dict(get_preset("demo")["model"]).vision
+    cfg.pool, cfg.checkpoint = pool, resolve_path(cfg.checkpoint)
+    return cfg
+
+
+def test_a_pooled_tower_averages_each_2x2_patch_group_and_its_shape_is_known_without_weights():
+    import numpy as np
+
+    from pmllm_batch.model.vision import build_vision_tower, feature_shape
+
+    plain, pre = build_vision_tower(_demo_vision_cfg(1))
+    pooled, _ = build_vision_tower(_demo_vision_cfg(2))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, pre.image_size, pre.image_size),
+                                                                 ).astype(np.float32))
+    with torch.no_grad():
+        full, small = plain(x), pooled(x)
+    side = int(round(full.shape[1] ** 0.5))  # 8 x 8 patches of the demo tower
+    grid = full.reshape(2, side, side, -1)
+    want = grid.reshape(2, side // 2, 2, side // 2, 2, -1).mean(dim=(2, 4)).reshape(2, (side // 2) ** 2, -1)
+    assert small.shape == (2, 16, 64) and torch.allclose(small, want, atol=1e-6)
+    assert feature_shape(_demo_vision_cfg(2)) == (16, 64) and pooled.num_tokens(pre.image_size) == 16
+    assert feature_shape(_demo_vision_cfg(1)) == (64, 64) and plain.num_tokens(pre.image_size) == 64
+
+
+def test_cache_bytes_per_photo_from_the_presets_shapes():
+    from pmllm_batch.model.presets import get_preset
+    from pmllm_batch.model.vision import feature_shape
+
+    per_photo = {}
+    for name in ("demo", "smol", "cpu", "paper"):
+        n, d = feature_shape(ModelCfg.from_dict(get_preset(name)["model"]).vision)
+        per_photo[name] = n * d * 2  # float16
+    # paper: ViT-L/14 at 336 px, 24 x 24 patches pooled 2 x 2 -> 144 x 1024 (not 576 x 4096 projected: 4.7 MB)
+    assert per_photo == {"demo": 8192, "smol": 8192, "cpu": 49 * 768 * 2, "paper": 144 * 1024 * 2}
+    assert per_photo["paper"] <= 300_000
+
+
+def test_retraining_the_adapter_keeps_the_vision_fingerprint(fresh_demo_model):
+    from pmllm_batch.model.checkpoint import fingerprint, vision_fingerprint
+
+    before, vision_before = fingerprint(fresh_demo_model), vision_fingerprint(fresh_demo_model)
+    with torch.no_grad():
+        next(fresh_demo_model.projector.parameters()).add_(0.1)
+    assert fingerprint(fresh_demo_model) != before
+    assert vision_fingerprint(fresh_demo_model) == vision_before
+    fresh_demo_model.cfg.vision.pool = 2  # another tower output: another id (a new ONNX graph, a new cache key)
+    assert vision_fingerprint(fresh_demo_model) != vision_before

@@ -53,8 +53,8 @@ def cosine_per_token(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def token_shape(model) -> tuple[int, int]:
-    """(N, D) of a model's visual tokens: patch tokens of its tower, width of its LLM."""
-    return model.tower.num_tokens(model.preprocess.image_size), int(model.fused.lm.config.hidden_size)
+    """(N, D) of what the vision runners output: patch tokens of its tower, the tower's width (before the projector)."""
+    return model.tower.num_tokens(model.preprocess.image_size), int(model.tower.width)
 
 
 def real_photos() -> list[Image.Image]:
@@ -178,27 +178,44 @@ class TestParity:
         assert runners["torch"].graph_id.startswith("torch-")
 
 
+def test_a_pooled_tower_exports_and_matches_torch(tmp_path, pixels):
+    """The paper preset pools its patch grid 2 x 2 inside the tower: the ONNX graph must do the same."""
+    from pmllm_batch.model.config import ModelCfg
+    from pmllm_batch.model.presets import get_preset, resolve_path
+    from pmllm_batch.model.vision import VisionEncoder, build_vision_tower
+
+    cfg = ModelCfg.from_dict(get_preset("demo")["model"]).vision
+    cfg.pool, cfg.checkpoint = 2, resolve_path(cfg.checkpoint)
+    tower, pre = build_vision_tower(cfg)
+    encoder = VisionEncoder(tower).eval()
+    paths = export_vision_onnx(encoder, pre, tmp_path / "pooled", int8=False)
+    out = OnnxVisionRunner(paths["meta"].parent, "fp32").encode(pixels[:3])
+    with torch.inference_mode():
+        ref = encoder(torch.from_numpy(pixels[:3])).numpy()
+    assert out.shape == ref.shape == (3, 16, 64)
+    assert np.abs(out - ref).max() < PARITY_ATOL
+
+
 class TestInt8:
     def test_cosine_on_real_photos(self, demo_model, runners):
         x = preprocess_batch(real_photos(), demo_model.preprocess)
         fp32, int8 = runners["fp32"].encode(x), runners["int8"].encode(x)
-        assert np.abs(fp32).max() > 0.1  # the projector is random, not trivial: the check means something
+        assert np.abs(fp32).max() > 0.1  # the features are not trivial: the check means something
         cos = cosine_per_token(fp32, int8)
         assert cos.mean() >= 0.99, f"int8 cosine {cos.mean():.4f}"
 
     @pytest.mark.slow
     def test_cosine_on_real_photos_vit_b32_shapes(self, tmp_path):
-        """A ViT-B/32-shaped tower with random weights (no download) + mlp2x_gelu projector."""
+        """A ViT-B/32-shaped tower with random weights (no download)."""
         import open_clip
 
-        from pmllm_batch.model.projector import build_projector
         from pmllm_batch.model.vision import VisionEncoder, VisionTower
         from pmllm_batch.runtime.preprocess import preprocess_cfg_from_open_clip
 
         torch.manual_seed(0)
         clip = open_clip.create_model("ViT-B-32", pretrained=None)
         tower = VisionTower(clip.visual)
-        encoder = VisionEncoder(tower, build_projector("mlp2x_gelu", tower.width, 896)).eval()
+        encoder = VisionEncoder(tower).eval()
         pre = preprocess_cfg_from_open_clip(clip.visual)
         paths = export_vision_onnx(encoder, pre, tmp_path / "vitb32")
         x = preprocess_batch(real_photos()[:8], pre)

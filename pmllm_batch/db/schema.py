@@ -146,7 +146,7 @@ class Score(Base):
 
 
 class VisualTokens(Base):
-    """Cached projector output for one content hash under one vision graph, stored as float16 bytes."""
+    """Cached vision-tower features (before the projector) for one content hash under one vision graph, float16."""
 
     __tablename__ = "visual_tokens"
 

@@ -126,8 +126,8 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None, *, lm_quantize
     """A stable id of everything that determines a score: adapter weights, architecture, base models.
 
     ``lm.quantize = "int8"`` (model/quantize.py) changes it, naming the int8 scheme; ``"none"`` leaves it what it
-    was before the key existed. ``lm_quantize=False`` leaves the LLM's quantisation out: the id of the vision side
-    (tower + projector), which int8 does not touch, so an int8 model reuses its float32 twin's ONNX export. Nothing
+    was before the key existed. ``lm_quantize=False`` leaves the LLM's quantisation out (the ONNX export and the
+    visual-token cache are keyed by :func:`vision_fingerprint`, which leaves the adapter out too). Nothing
     here depends on whether the torch vision tower was built.
     """
     from pmllm_batch.model.quantize import INT8_SCHEME
@@ -147,6 +147,19 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None, *, lm_quantize
     for local in (model.cfg.vision.checkpoint, model.cfg.lm.name_or_path):
         h.update(local_weights_digest(resolve_path(local)).encode())
     return h.hexdigest()[:16]
+
+
+def vision_fingerprint(model: PMLLM) -> str:
+    """The id of what the vision runner outputs (the tower's features, before the projector): the vision config,
+    the preprocessing and the tower's local weights. The adapter is not part of it, so retraining the adapter keeps
+    the ONNX export and the visual-token cache; the demo and smol presets, which share a tower, share both.
+    Computable without building the tower.
+    """
+    facts = {"output": "tower-features-v1", "vision": model.cfg.to_dict()["vision"],
+             "preprocess": model.preprocess.to_dict()}
+    h = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode())
+    h.update(local_weights_digest(resolve_path(model.cfg.vision.checkpoint)).encode())
+    return "v" + h.hexdigest()[:15]
 
 
 def local_weights_digest(path: str | None, full_hash_limit: int = 64 << 20) -> str:

@@ -24,6 +24,9 @@ class VisionCfg:
     image_size: int | None = None  # only for ``arch`` towers
     mean: tuple[float, float, float] | None = None  # only for ``arch`` towers; open_clip's otherwise
     std: tuple[float, float, float] | None = None
+    # Average-pool the patch grid k×k before the projector (LLaVA-OneVision's pooling): k² fewer visual tokens, so
+    # a k² smaller visual-token cache (the paper preset: 576 → 144 tokens). Part of the model: train with it.
+    pool: int = 1
 
 
 @dataclass
@@ -62,7 +65,10 @@ class ModelCfg:
     demo: bool = False  # True: scores show the mechanism only, never a real aesthetic judgement
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(asdict(self))
+        data = copy.deepcopy(asdict(self))
+        if data["vision"].get("pool") == 1:
+            del data["vision"]["pool"]  # the default: configs (and fingerprints) from before the key stay as they were
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCfg:

@@ -129,7 +129,7 @@ class PMLLM(nn.Module):
     def vision_encoder(self) -> VisionEncoder:
         if self.tower is None:
             raise RuntimeError("this model was built without a torch vision tower")
-        return VisionEncoder(self.tower, self.projector)
+        return VisionEncoder(self.tower)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Args: pixel_values (B, 3, S, S). Returns: visual tokens (B, N, D_lm)."""
@@ -138,6 +138,14 @@ class PMLLM(nn.Module):
         with torch.no_grad():
             feats = self.tower(pixel_values.to(self.device))
         return self.projector(feats)
+
+    @torch.no_grad()
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Visual features (B, N, D_vis) from the tower (or the cache) → visual tokens (B, N, D_lm)."""
+        param = next(self.projector.parameters(), None)
+        if param is not None:
+            features = features.to(param.device, param.dtype)
+        return self.projector(features)
 
     # -- prompts ----------------------------------------------------------------------------------
     def prompt(self, profile: Profile | str) -> PromptTokens:

@@ -30,12 +30,16 @@ class VisionTower(nn.Module):
         visual: an open_clip ``VisionTransformer`` (``model.visual``).
         select_layer: which block's output to take; negative counts from the end (-2 = penultimate).
         select_feature: ``"patch"`` (drop CLS, LLaVA) or ``"cls_patch"`` (keep it first).
+        pool: average-pool the patch grid ``pool``×``pool`` (1 = no pooling); CLS, when kept, is not pooled.
     """
 
     visual: Any  # open_clip VisionTransformer (attributes are dynamic for type checkers)
 
-    def __init__(self, visual: Any, select_layer: int = -2, select_feature: str = "patch") -> None:
+    def __init__(self, visual: Any, select_layer: int = -2, select_feature: str = "patch", pool: int = 1) -> None:
         super().__init__()
+        if int(pool) < 1:
+            raise ModelLoadError(f"vision.pool must be 1 or more, not {pool}.")
+        self.pool = int(pool)
         if select_feature not in ("patch", "cls_patch"):
             raise ModelLoadError(f"vision.select_feature must be 'patch' or 'cls_patch', not '{select_feature}'.")
         self.visual = visual
@@ -54,7 +58,8 @@ class VisionTower(nn.Module):
 
     def num_tokens(self, image_size: int) -> int:
         patch = self.visual.patch_size[0]
-        return (image_size // patch) ** 2 + (1 if self.select_feature == "cls_patch" else 0)
+        side = -(-(image_size // patch) // self.pool)
+        return side**2 + (1 if self.select_feature == "cls_patch" else 0)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Args: pixel_values, shape (B, 3, S, S), normalised. Returns: tokens, shape (B, N, D_vis)."""
@@ -67,22 +72,33 @@ class VisionTower(nn.Module):
             output_extra_tokens=self.select_feature == "cls_patch",
         )
         tokens = out["image_intermediates"][0]
+        if self.pool > 1:
+            _, n, d = tokens.shape
+            side = int(round(n**0.5))
+            grid = tokens.transpose(1, 2).reshape(-1, d, side, side)
+            grid = torch.nn.functional.avg_pool2d(grid, self.pool, ceil_mode=True)
+            tokens = grid.flatten(2).transpose(1, 2)
         if self.select_feature == "cls_patch":
             tokens = torch.cat([out["image_intermediates_prefix"][0], tokens], dim=1)
         return tokens
 
 
 class VisionEncoder(nn.Module):
-    """Vision tower + projector: the part exported to ONNX (``pixel_values`` → ``visual_tokens``)."""
+    """The vision tower: the part exported to ONNX (``pixel_values`` → ``visual_features``, before the projector).
 
-    def __init__(self, tower: VisionTower, projector: nn.Module) -> None:
+    What it outputs is what the visual-token cache keeps: the frozen tower's features (pooled when
+    ``vision.pool`` > 1), not the projector's output. They are smaller (D_vis, not D_lm, per token), and they stay
+    valid when the adapter (projector + fusion) is retrained: only a new tower invalidates them. The projector runs
+    at score time (:meth:`pmllm_batch.model.pmllm.PMLLM.project`), a small per-token MLP.
+    """
+
+    def __init__(self, tower: VisionTower) -> None:
         super().__init__()
         self.tower = tower
-        self.projector = projector
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Args: pixel_values (B, 3, S, S) float32. Returns: visual tokens (B, N, D_lm)."""
-        return self.projector(self.tower(pixel_values))
+        """Args: pixel_values (B, 3, S, S) float32. Returns: visual features (B, N, D_vis)."""
+        return self.tower(pixel_values)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,6 +189,23 @@ def vision_spec(cfg: VisionCfg, *, load_weights: bool = True) -> tuple[int, Prep
     return int(vcfg.width), preprocess_cfg_from_open_clip(_Visual())
 
 
+def feature_shape(cfg: VisionCfg) -> tuple[int, int] | None:
+    """(N, D_vis) of the tower features a photo is cached as, from the config alone (no weights): patch tokens after
+    ``pool``, CLS when kept. None where only building tells (timm or Hugging Face towers)."""
+    import open_clip
+
+    if cfg.arch is not None:
+        arch = dict(cfg.arch)
+        size, patch, width = int(cfg.image_size or arch.get("image_size", 224)), arch.get("patch_size", 16), arch["width"]
+    else:
+        vision = (open_clip.get_model_config(cfg.model_name) or {}).get("vision_cfg")
+        if not vision or vision.get("timm_model_name") or vision.get("hf_model_name"):
+            return None
+        size, patch, width = int(vision["image_size"]), vision["patch_size"], vision["width"]
+    side = -(-(int(size) // int(patch)) // int(cfg.pool))
+    return side**2 + (1 if cfg.select_feature == "cls_patch" else 0), int(width)
+
+
 def build_vision_tower(
     cfg: VisionCfg, *, offline: bool = False, cache_dir: str | None = None, load_weights: bool = True
 ) -> tuple[VisionTower, PreprocessCfg]:
@@ -228,5 +261,5 @@ def build_vision_tower(
         from pmllm_batch.preprocess_cfg import preprocess_cfg_from_open_clip
 
         pre = preprocess_cfg_from_open_clip(visual)
-    tower = VisionTower(visual, cfg.select_layer, cfg.select_feature)
+    tower = VisionTower(visual, cfg.select_layer, cfg.select_feature, cfg.pool)
     return tower, pre

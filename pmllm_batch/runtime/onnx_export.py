@@ -1,8 +1,8 @@
-"""Export the vision encoder (CLIP ViT patch tokens → projector) to ONNX, plus an int8 variant.
+"""Export the vision encoder (CLIP ViT patch tokens, before the projector) to ONNX, plus an int8 variant.
 
 An artefact folder holds::
 
-    vision.onnx           fp32 graph, input ``pixel_values`` (batch, 3, S, S) → output ``visual_tokens`` (batch, N, D)
+    vision.onnx           fp32 graph: ``pixel_values`` (batch, 3, S, S) → ``visual_tokens`` (batch, N, D_vis)
     vision.int8.onnx      the same graph with int8 weights (dynamic quantisation of the MatMuls)
     preprocess_cfg.json   how images become ``pixel_values`` (runtime/preprocess.py reads it; no torch needed)
     vision_meta.json      num_tokens, dim, image_size, graph ids (sha256 of each graph file), exporter, versions
@@ -490,7 +490,7 @@ def export_vision_onnx(
 def export_for_model(
     model: Any, out_dir: str | os.PathLike[str], *, fingerprint: str, int8: bool = True
 ) -> dict[str, Path]:
-    """Export a :class:`~pmllm_batch.model.pmllm.PMLLM`'s vision tower + projector to ``out_dir``.
+    """Export a :class:`~pmllm_batch.model.pmllm.PMLLM`'s vision tower (features before the projector) to ``out_dir``.
 
     ``fingerprint`` is the model's (``model.checkpoint.fingerprint(model)``), passed in by the caller: the runtime
     layer does not import the model layer.

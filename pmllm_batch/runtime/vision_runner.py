@@ -42,7 +42,7 @@ class VisionRunner(Protocol):
 
     graph_id: str  # identifies the exact graph/weights: part of the visual-token cache key
     num_tokens: int  # N
-    dim: int  # D (the LLM width)
+    dim: int  # D (the tower's width: features before the projector)
     preprocess: PreprocessCfg  # how to make ``pixel_values`` for :meth:`encode`
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -126,11 +126,12 @@ class OnnxVisionRunner:
 
 
 class TorchVisionRunner:
-    """Visual tokens from the model's own torch tower + projector (eager, ``torch.inference_mode``).
+    """Visual features from the model's own torch tower (eager, ``torch.inference_mode``); the projector runs later.
 
     Args:
         model: a :class:`~pmllm_batch.model.pmllm.PMLLM` built with its vision tower.
-        fingerprint: the model's fingerprint (computed by the caller; the graph id is ``torch-<fingerprint>``).
+        fingerprint: the vision side's fingerprint (``model.checkpoint.vision_fingerprint``, computed by the caller;
+            the graph id is ``torch-<fingerprint>``).
         max_batch: larger batches are run in chunks of this size.
     """
 
@@ -145,7 +146,7 @@ class TorchVisionRunner:
         self.preprocess: PreprocessCfg = model.preprocess
         self.graph_id: str = "torch-" + fingerprint
         self.num_tokens: int = int(model.tower.num_tokens(self.preprocess.image_size))
-        self.dim: int = int(model.fused.lm.config.hidden_size)
+        self.dim: int = int(model.tower.width)
         self.max_batch = int(max_batch)
         param = next(self.encoder.parameters())
         self._device, self._dtype = param.device, param.dtype

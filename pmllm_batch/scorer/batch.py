@@ -3,8 +3,10 @@
 Incremental by construction:
 
 * a file whose path, size and mtime are unchanged is not read again;
-* visual tokens are cached by (content hash, vision graph id): a new profile, a moved file or a
-  rescan runs no vision;
+* visual features (the frozen tower's output, before the projector) are cached by (content hash, vision graph id):
+  a new profile, a moved file, a rescan or a retrained adapter runs no vision; the cache keeps to a byte budget
+  (least recently used out first);
+* one pass: a chunk of new photos is encoded once and scored for every profile while its features are in memory;
 * scores are unique per (content hash, profile, model fingerprint): only missing pairs are scored, and
   a new model fingerprint rescores everything.
 
@@ -449,9 +451,9 @@ class LibraryScorer:
                     continue
                 import torch
 
-                vis = torch.from_numpy(np.stack([tokens[h] for h in ok]))
+                feats = torch.from_numpy(np.stack([tokens[h] for h in ok]))
                 with torch.inference_mode():
-                    out = loaded.model.score_cached(prefix, vis)
+                    out = loaded.model.score_cached(prefix, loaded.model.project(feats))
                 rows = [
                     (h, prof.id, float(s), [round(float(p), 5) for p in pr])
                     for h, s, pr in zip(ok, out.scores.tolist(), out.probs.tolist(), strict=True)
@@ -490,9 +492,9 @@ class LibraryScorer:
             prefix = self._prefix(loaded, model, prof)
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
-                vis = torch.from_numpy(np.stack([tokens[h] for h in chunk]))
+                feats = torch.from_numpy(np.stack([tokens[h] for h in chunk]))
                 with torch.inference_mode():
-                    out = loaded.model.score_cached(prefix, vis)
+                    out = loaded.model.score_cached(prefix, loaded.model.project(feats))
                 rows = [
                     (h, prof.id, float(sc), [round(float(p), 5) for p in pr])
                     for h, sc, pr in zip(chunk, out.scores.tolist(), out.probs.tolist(), strict=True)

@@ -2,7 +2,7 @@
 
 What "the same photo, nearly" means here (``[group]`` settings):
 
-* the *pooled embedding* of a photo is the mean of its visual tokens (the projector output the scorer caches anyway),
+* the *pooled embedding* of a photo is the mean of its visual tokens (the tower features the scorer caches anyway),
   reduced to at most :data:`POOL_DIM` dimensions by a fixed random feature hashing (cosines near 1 survive it within
   about 6e-4, one standard deviation, at a cosine of 0.995) and scaled to unit length;
 * two photos are **linked** when their cosine similarity is at least ``similarity`` and both capture times are known

@@ -31,7 +31,7 @@ def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedMode
     """
 
     from pmllm_batch.errors import ModelLoadError
-    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.checkpoint import fingerprint, vision_fingerprint
     from pmllm_batch.model.factory import attach_vision_tower, create_model
     from pmllm_batch.runtime.onnx_export import is_complete
     from pmllm_batch.runtime.vision_runner import load_vision_runner
@@ -70,8 +70,9 @@ def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedMode
             "score; load a trained adapter (--checkpoint DIR or [model] checkpoint, e.g. from `pmllm-batch train`) "
             "or pass --allow-untrained for benchmarks."
         )
-    # the ONNX export belongs to the vision side: an int8 LLM reuses its float32 twin's graph
-    vision_fp = fingerprint(model, lm_quantize=False)
+    # the ONNX export belongs to the vision side (the tower, not the adapter): an int8 LLM, a retrained adapter and
+    # another preset with the same tower reuse the graph and the cached features
+    vision_fp = vision_fingerprint(model)
     onnx_root = settings.cache_dir() / "onnx"
     if onnx and model.tower is None and not is_complete(onnx_root / vision_fp):
         log.info("no ONNX vision graph cached for %s yet: building the torch vision tower once to export it", vision_fp)

@@ -1,4 +1,4 @@
-"""``pmllm-batch export-onnx``: write the vision tower + projector as ONNX (fp32 and int8)."""
+"""``pmllm-batch export-onnx``: write the vision tower (features before the projector) as ONNX (fp32 and int8)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pmllm_batch.config import Settings
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export-onnx",
-        help="export the vision tower + projector to ONNX (vision.onnx, vision.int8.onnx, preprocess_cfg.json)",
+        help="export the vision tower to ONNX (vision.onnx, vision.int8.onnx, preprocess_cfg.json)",
         description="Export CLIP ViT + projector of a preset (and adapter) as an ONNX graph with a dynamic batch "
         "axis (input 'pixel_values', output 'visual_tokens'), its int8-quantised variant and the preprocessing JSON.",
     )
