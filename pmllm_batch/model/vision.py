@@ -196,7 +196,8 @@ def feature_shape(cfg: VisionCfg) -> tuple[int, int] | None:
 
     if cfg.arch is not None:
         arch = dict(cfg.arch)
-        size, patch, width = int(cfg.image_size or arch.get("image_size", 224)), arch.get("patch_size", 16), arch["width"]
+        size = int(cfg.image_size or arch.get("image_size", 224))
+        patch, width = arch.get("patch_size", 16), arch["width"]
     else:
         vision = (open_clip.get_model_config(cfg.model_name) or {}).get("vision_cfg")
         if not vision or vision.get("timm_model_name") or vision.get("hf_model_name"):
