@@ -42,14 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.checkpoint import vision_fingerprint
     from pmllm_batch.model.factory import create_model
     from pmllm_batch.runtime.onnx_export import export_for_model
 
     try:
         model = create_model(args.preset, args.checkpoint, offline=args.offline, device="cpu")
         start = time.perf_counter()
-        paths = export_for_model(model, args.out, fingerprint=fingerprint(model), int8=not args.no_int8)
+        paths = export_for_model(model, args.out, fingerprint=vision_fingerprint(model), int8=not args.no_int8)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

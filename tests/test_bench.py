@@ -18,6 +18,14 @@ from tests.helpers import isolated_env
 
 HEADLINE_KEYS = (
     "prefix_cache_speedup",
+    "end_to_end_pairs_per_s",
+    "end_to_end_pairs_per_s_int8",
+    "projected_hours_10k_photos_4_profiles",
+    "noop_rank_s",
+    "visual_cache_bytes_per_photo",
+    "suffix_tokens",
+    "llm_int8_speedup",
+    "llm_int8_score_spearman",
     "int8_vision_speedup",
     "int8_vision_cosine",
     "new_profile_vision_encodes",
@@ -63,6 +71,27 @@ def test_quick_run_reports_every_headline_figure(quick_run):
     assert lib["visual_cache_bytes_per_image"] == 64 * 64 * 2
     assert result["machine"]["threads"] == result["threads"] >= 1
     assert 0 < result["vision_gemm_fraction"]
+
+
+def test_end_to_end_scores_every_pair_in_one_pass_and_the_noop_rank_does_nothing(quick_run):
+    result, _, _ = quick_run
+    e2e = result["end_to_end"]
+    assert "error" not in e2e, e2e.get("error")
+    runs = e2e["end_to_end"]
+    assert (runs["photos"], runs["profiles"], runs["threads"]) == (6, 4, 1)
+    for quantize in ("none", "int8"):
+        run = runs[quantize]
+        assert (run["encoded"], run["scored"]) == (6, 24), quantize  # one pass: each photo through vision once
+        assert run["pairs_per_s"] == pytest.approx(24 / run["wall_s"])
+        assert run["projected_hours_10k_photos_4_profiles"] == pytest.approx(40_000 / run["pairs_per_s"] / 3600)
+        assert run["visual_cache_bytes_per_photo"] == 64 * 64 * 2
+    noop = e2e["noop"]
+    assert noop["photos"] == 304 and noop["first_rank_scored"] == 16
+    assert [(r["scanned"], r["encoded"], r["scored"], r["skipped"]) for r in noop["runs"]] == [(304, 0, 0, 304)]
+    assert result["noop_rank_s"] == noop["noop_rank_s"] > 0
+    # float16 tower features per photo: demo/smol 64 x 64, cpu ViT-B/32 49 x 768, paper ViT-L/14-336 pooled 144 x 1024
+    assert result["visual_cache_bytes_per_photo"] == {"demo": 8192, "smol": 8192, "cpu": 75264, "paper": 294912}
+    assert result["checks"]["paper_cache_at_most_300kb"] is True
 
 
 def test_a_new_profile_encodes_nothing_and_new_photos_encode_exactly_themselves(quick_run):

@@ -63,15 +63,17 @@ def _random_cpu_loader(settings: Any, build_tower: bool | None = None) -> Any:
     from pmllm_batch.runtime.vision_runner import load_vision_runner
     from pmllm_batch.scorer.models import LoadedModels
 
+    from .models import random_vision_fingerprint
+
     if build_tower:
         model = random_cpu_model(SEED)
     else:
         model = random_cpu_model(SEED, with_tower=False)
-        if not is_complete(settings.cache_dir() / "onnx" / fingerprint(model, lm_quantize=False)):
+        if not is_complete(settings.cache_dir() / "onnx" / random_vision_fingerprint(model)):
             model = random_cpu_model(SEED)  # first use: the export needs the tower (same weights otherwise)
     vision = load_vision_runner(
         model,
-        fingerprint=fingerprint(model),
+        fingerprint=random_vision_fingerprint(model),
         backend="onnx",
         variant=settings.vision.variant,
         cache_root=settings.cache_dir() / "onnx",

@@ -93,6 +93,21 @@ def random_cpu_model(seed: int = SEED, *, with_tower: bool = True) -> Any:
     return model.eval()
 
 
+def random_vision_fingerprint(model: Any, seed: int = SEED) -> str:
+    """The vision fingerprint of :func:`random_cpu_model`'s tower: the cpu preset's config with random weights, so
+    salted (its ONNX graph and cached features must never pass for the real ViT-B/32's)."""
+    from pmllm_batch.model.checkpoint import vision_fingerprint
+
+    return vision_fingerprint(model, salt=f"random-init:seed{seed}")
+
+
+def bench_vision_fingerprint(preset: str, model: Any) -> str:
+    """The vision fingerprint (ONNX folder, cache key) the scorer uses for the bench's model of ``preset``."""
+    from pmllm_batch.model.checkpoint import vision_fingerprint
+
+    return random_vision_fingerprint(model) if preset == "cpu" else vision_fingerprint(model)
+
+
 def randomize_fusion(model: Any, seed: int, std: float = 0.02) -> None:
     """Perturb every fusion block's ``to_out`` (zero when untrained), so fusion is active: a random adapter."""
     import torch

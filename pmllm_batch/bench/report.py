@@ -28,11 +28,45 @@ def checks(result: dict[str, Any]) -> dict[str, bool | None]:
         "new_profile_0_encodes": result["new_profile_vision_encodes"] == 0,
         "new_photos_10_encodes": result["new_photos_vision_encodes"] == N_NEW_PHOTOS,
         "llm_int8_at_least_1.6x": result["llm_int8_speedup"] >= 1.6 if timed else None,
+        "end_to_end_at_least_6_pairs_per_s": _at_least(result.get("end_to_end_pairs_per_s"), 6.0) if timed else None,
+        "noop_rank_at_most_3s": _at_most(result.get("noop_rank_s"), 3.0) if not result["quick"] else None,
+        "paper_cache_at_most_300kb": (result.get("visual_cache_bytes_per_photo") or {}).get("paper", 10**9) <= 300_000,
         # the parity targets are stated for the real-LLM (smol) and cpu shapes, on a full run's 32 distinct images
         "llm_int8_scores_kept": bool(result["llm_int8"]["parity"])
         if result["preset"] in ("smol", "cpu") and not result["quick"]
         else None,
     }
+
+
+def _e2e_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Section 8 (end to end, one thread; the no-op rank) and the visual-token cache per preset."""
+    sec = "8 end to end"
+    e2e = result.get("end_to_end") or {}
+    rows: list[tuple[str, str, str]] = []
+    if "error" in e2e:
+        rows.append((sec, "FAILED", e2e["error"].splitlines()[-1][:150]))
+    elif e2e:
+        runs = e2e["end_to_end"]
+        for quantize, label in (("none", "float32 LLM"), ("int8", "int8 LLM")):
+            r = runs[quantize]
+            rows.append((sec, f"rank {runs['photos']} new photos x {runs['profiles']} profiles, 1 thread, {label}: "
+                              "pairs/s (projected hours, 10,000 photos x 4)",
+                         f"{_f(r['pairs_per_s'], 2)} ({_f(r['projected_hours_10k_photos_4_profiles'], 2)} h)"))
+        noop = e2e["noop"]
+        rows.append((sec, f"no-op rank (fresh process) of an unchanged {noop['photos']:,}-photo library",
+                     f"{noop['noop_rank_s']:.2f} s"))
+    cache = result.get("visual_cache_bytes_per_photo") or {}
+    sizes = " / ".join("n/a" if v is None else f"{v / 1024:.1f} KiB" for v in cache.values())
+    rows.append(("8 cache", "visual-token cache per photo (float16 tower features): " + " / ".join(cache), sizes))
+    return rows
+
+
+def _at_least(x: float | None, bound: float) -> bool:
+    return x is not None and x >= bound
+
+
+def _at_most(x: float | None, bound: float) -> bool:
+    return x is not None and x <= bound
 
 
 def _f(x: float | None, digits: int = 1) -> str:
@@ -187,6 +221,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"(tower builds {ld['after']['tower_builds']} vs {ld['before']['tower_builds']})",
             )
         )
+    rows += _e2e_rows(result)
     g = lim["gemm"]
     rows.append(
         (

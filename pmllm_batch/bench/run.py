@@ -23,7 +23,7 @@ from .int8 import distinct_images_visual, measure_llm_int8
 from .library import N_NEW_PHOTOS, library_runs, run_library_child
 from .limit import against_limit, measure_flops
 from .machine import GEMM_SHAPES, machine_info, measure_gemm
-from .models import build_bench_model, check_preset, smol_adapter_checkpoint
+from .models import bench_vision_fingerprint, build_bench_model, check_preset, smol_adapter_checkpoint
 from .prefix_cache import measure_prefix_cache
 from .report import checks, write_reports
 from .timing import default_threads, probe_threads, set_threads, timed
@@ -149,7 +149,6 @@ def run_bench(
     check_preset(preset)
     import torch
 
-    from pmllm_batch.model.checkpoint import fingerprint
     from pmllm_batch.runtime.onnx_export import ensure_vision_onnx
 
     say = progress or (lambda _msg: None)
@@ -196,7 +195,7 @@ def run_bench(
 
         say("exporting the vision graph to ONNX (fp32 + int8)")
         with timed(timings, "onnx_export_s"):
-            model_fingerprint = fingerprint(model)
+            model_fingerprint = bench_vision_fingerprint(preset, model)
             onnx_dir = ensure_vision_onnx(model, cache_dir / "onnx", model_fingerprint)
 
         say("prefix cache vs full prompt (section 1)")
@@ -259,6 +258,10 @@ def run_bench(
         result["library"] = _library_section(
             preset, quick, work, cache_dir, sources, n_threads, timings, say, checkpoint
         )
+
+        say("end to end: 4 profiles, 1 thread, float32 and int8 LLM; a no-op rank of an unchanged library (section 8)")
+        with timed(timings, "end_to_end_s"):
+            result["end_to_end"] = _end_to_end_section(preset, quick, work, cache_dir, sources, checkpoint)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         torch.set_num_threads(saved_threads)
@@ -327,6 +330,33 @@ def _library_section(
     return libraries
 
 
+_E2E_SIZES = {False: {"n_photos": 64, "n_noop": 20_000}, True: {"n_photos": 6, "n_noop": 300}}
+
+
+def _end_to_end_section(
+    preset: str, quick: bool, work: Path, cache_dir: Path, sources: list[Path], checkpoint: str
+) -> dict[str, Any]:
+    """Section 8 in a child process (:mod:`.end_to_end`): one thread, as the issue states the target."""
+    from .library import run_worker
+
+    sizes = _E2E_SIZES[quick]
+    folder = work / "end-to-end"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "preset": preset,
+        "end_to_end": {"preset": preset, "work": str(folder / "e2e"), "cache_dir": str(cache_dir),
+                       "photos": [str(p) for p in sources], "n_photos": sizes["n_photos"], "threads": 1,
+                       "checkpoint": checkpoint, "quantize": ["none", "int8"]},
+        "noop": {"work": str(folder / "noop"), "cache_dir": str(cache_dir), "photos": [str(p) for p in sources],
+                 "n_noop": sizes["n_noop"], "threads": 1, "repeats": 1 if quick else 3},
+    }
+    try:
+        return run_worker("--e2e-worker", spec, folder / "spec.json", folder / "result.json", "end-to-end", 3600)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        log.error("%s", exc)
+        return {"error": str(exc)}
+
+
 def _headline(result: dict[str, Any], threads: int) -> dict[str, Any]:
     """The figures the issue names, lifted from the sections to the top level of the result."""
     prefix, vision, limit = result["prefix_cache"], result["vision"], result["limit"]
@@ -353,5 +383,37 @@ def _headline(result: dict[str, Any], threads: int) -> dict[str, Any]:
         "model_load_rss_mb": result["model_load"].get("model_load_rss_mb"),
         "model_load_s_with_tower": result["model_load"].get("model_load_s_with_tower"),
         "model_load_rss_mb_with_tower": result["model_load"].get("model_load_rss_mb_with_tower"),
+        **_e2e_headline(result.get("end_to_end") or {}),
+        "visual_cache_bytes_per_photo": visual_cache_bytes_per_photo(),
         "threads": threads,
     }
+
+
+def _e2e_headline(e2e: dict[str, Any]) -> dict[str, Any]:
+    if "error" in e2e or not e2e:
+        keys = ("end_to_end_pairs_per_s", "end_to_end_pairs_per_s_int8", "projected_hours_10k_photos_4_profiles",
+                "projected_hours_10k_photos_4_profiles_int8", "noop_rank_s", "noop_rank_photos")
+        return dict.fromkeys(keys)
+    runs = e2e["end_to_end"]
+    return {
+        "end_to_end_pairs_per_s": runs["none"]["pairs_per_s"],
+        "end_to_end_pairs_per_s_int8": runs["int8"]["pairs_per_s"],
+        "projected_hours_10k_photos_4_profiles": runs["none"]["projected_hours_10k_photos_4_profiles"],
+        "projected_hours_10k_photos_4_profiles_int8": runs["int8"]["projected_hours_10k_photos_4_profiles"],
+        "noop_rank_s": e2e["noop"]["noop_rank_s"],
+        "noop_rank_photos": e2e["noop"]["photos"],
+    }
+
+
+def visual_cache_bytes_per_photo() -> dict[str, int | None]:
+    """Bytes the visual-token cache stores per photo for each shipped preset (float16 tower features, from the
+    presets' shapes; the library sections measure the real figure for the presets they run)."""
+    from pmllm_batch.model.config import ModelCfg
+    from pmllm_batch.model.presets import get_preset
+    from pmllm_batch.model.vision import feature_shape
+
+    out: dict[str, int | None] = {}
+    for name in ("demo", "smol", "cpu", "paper"):
+        shape = feature_shape(ModelCfg.from_dict(get_preset(name)["model"]).vision)
+        out[name] = None if shape is None else shape[0] * shape[1] * 2
+    return out

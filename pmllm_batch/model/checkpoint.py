@@ -149,13 +149,13 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None, *, lm_quantize
     return h.hexdigest()[:16]
 
 
-def vision_fingerprint(model: PMLLM) -> str:
+def vision_fingerprint(model: PMLLM, salt: str = "") -> str:
     """The id of what the vision runner outputs (the tower's features, before the projector): the vision config,
     the preprocessing and the tower's local weights. The adapter is not part of it, so retraining the adapter keeps
     the ONNX export and the visual-token cache; the demo and smol presets, which share a tower, share both.
-    Computable without building the tower.
+    Computable without building the tower. ``salt`` tells apart towers the config cannot (the bench's random ones).
     """
-    facts = {"output": "tower-features-v1", "vision": model.cfg.to_dict()["vision"],
+    facts = {"output": "tower-features-v1", "salt": salt, "vision": model.cfg.to_dict()["vision"],
              "preprocess": model.preprocess.to_dict()}
     h = hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode())
     h.update(local_weights_digest(resolve_path(model.cfg.vision.checkpoint)).encode())

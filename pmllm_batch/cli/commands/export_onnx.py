@@ -22,12 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.checkpoint import vision_fingerprint
     from pmllm_batch.model.factory import create_model
     from pmllm_batch.runtime.onnx_export import export_for_model
 
     model = create_model(settings.model.preset, args.checkpoint or settings.model.checkpoint or None,
                          offline=settings.model.offline, device="cpu")
-    paths = export_for_model(model, args.out, fingerprint=fingerprint(model), int8=not args.no_int8)
+    paths = export_for_model(model, args.out, fingerprint=vision_fingerprint(model), int8=not args.no_int8)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
