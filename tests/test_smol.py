@@ -276,3 +276,41 @@ def test_a_missing_llm_without_network_costs_one_sentence_not_retries(monkeypatc
         "model weights are missing and the Hugging Face hub cannot be reached: the LLM nobody/no-such-lm (get it "
         f"with `hf download nobody/no-such-lm`, or set {LM_KEY} to a local copy)."
     )
+
+
+def _smol_adapter_shipped() -> bool:
+    return (PKG / "assets" / "smol" / "adapter" / "adapter.safetensors").is_file()
+
+
+@needs_smol
+@pytest.mark.skipif(not _smol_adapter_shipped(), reason="the smol adapter (scripts/build_smol.sh) is not shipped yet")
+def test_the_readme_smol_command_ranks_the_examples_differently_for_each_person(env: Any, smol_cache: Path) -> None:
+    """``HF_HUB_OFFLINE=1 pmllm-batch --preset smol rank examples/photos`` as a fresh process, offline."""
+    import os
+    import subprocess
+    import sys
+
+    # the GGUF's safetensors conversion the first smol run makes (already made once for this session)
+    llm = env.cache_home / "pmllm-batch" / "llm"
+    llm.mkdir(parents=True)
+    for folder in (smol_cache / "llm").iterdir():
+        (llm / folder.name).symlink_to(folder, target_is_directory=True)
+    repo = PKG.parent
+    variables = {k: v for k, v in os.environ.items() if not k.startswith("PMLLM_")}
+    variables.update(env.variables(), HF_HUB_OFFLINE="1")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pmllm_batch", *args], cwd=repo, env=variables,
+                              capture_output=True, text=True, timeout=900, check=False)
+
+    added = cli("profile", "add", *(str(p) for p in _profile_files("ana", "bernd", "coarse")))
+    assert added.returncode == 0, added.stderr
+    ranked = cli("--preset", "smol", "rank", "examples/photos", "--json", "--top", "7")
+    assert ranked.returncode == 0, ranked.stderr
+    summary = json.loads(ranked.stdout.splitlines()[-1])
+    assert (summary["scanned"], summary["encoded"], summary["scored"], summary["failed"]) == (7, 7, 21, 0)
+    tops = _tops(ranked.stdout)
+    assert set(tops) == {"ana", "bernd", "coarse"}
+    assert all(sorted(t) == sorted(tops["ana"]) for t in tops.values())  # the same seven photos ...
+    assert len({tuple(t) for t in tops.values()}) >= 2  # ... in another order for at least one person
+    assert tops["ana"] != tops["bernd"]

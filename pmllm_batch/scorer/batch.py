@@ -484,17 +484,20 @@ class LibraryScorer:
 
         self._note_model(model, summary)
         batch_size = int(self.settings.score.batch_size)
+        order = list(tokens)
+        row = {h: i for i, h in enumerate(order)}
+        with torch.inference_mode():  # the projector once per photo, not once per (photo, profile)
+            projected = loaded.model.project(torch.from_numpy(np.stack([tokens[h] for h in order])))
         for prof in self._one_pass.profiles:
             done = self._one_pass.scored(prof.id, model.id, self.store)
-            todo = [h for h in tokens if h not in done]
+            todo = [h for h in order if h not in done]
             if not todo:
                 continue
             prefix = self._prefix(loaded, model, prof)
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
-                feats = torch.from_numpy(np.stack([tokens[h] for h in chunk]))
                 with torch.inference_mode():
-                    out = loaded.model.score_cached(prefix, loaded.model.project(feats))
+                    out = loaded.model.score_cached(prefix, projected[[row[h] for h in chunk]])
                 rows = [
                     (h, prof.id, float(sc), [round(float(p), 5) for p in pr])
                     for h, sc, pr in zip(chunk, out.scores.tolist(), out.probs.tolist(), strict=True)
