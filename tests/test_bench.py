@@ -89,6 +89,7 @@ def test_end_to_end_scores_every_pair_in_one_pass_and_the_noop_rank_does_nothing
     assert noop["photos"] == 304 and noop["first_rank_scored"] == 16
     assert [(r["scanned"], r["encoded"], r["scored"], r["skipped"]) for r in noop["runs"]] == [(304, 0, 0, 304)]
     assert result["noop_rank_s"] == noop["noop_rank_s"] > 0
+    assert set(result["startup_s"]) == {"version", "status", "profile_list"} and min(result["startup_s"].values()) > 0
     # float16 tower features per photo: demo/smol 64 x 64, cpu ViT-B/32 49 x 768, paper ViT-L/14-336 pooled 144 x 1024
     assert result["visual_cache_bytes_per_photo"] == {"demo": 8192, "smol": 8192, "cpu": 75264, "paper": 294912}
     assert result["checks"]["paper_cache_at_most_300kb"] is True

@@ -19,6 +19,7 @@ def checks(result: dict[str, Any]) -> dict[str, bool | None]:
     """
     p = result["prefix_cache"]
     timed = result["preset"] == "cpu" and not result["quick"]
+    up = result.get("startup_s") or {}
     return {
         "scores_agree_1e-4": bool(p["scores_agree"]),
         "persona_at_least_120_tokens": p["min_persona_tokens"] >= MIN_PERSONA_TOKENS,
@@ -30,6 +31,7 @@ def checks(result: dict[str, Any]) -> dict[str, bool | None]:
         "llm_int8_at_least_1.6x": result["llm_int8_speedup"] >= 1.6 if timed else None,
         "end_to_end_at_least_6_pairs_per_s": _at_least(result.get("end_to_end_pairs_per_s"), 6.0) if timed else None,
         "noop_rank_at_most_3s": _at_most(result.get("noop_rank_s"), 3.0) if not result["quick"] else None,
+        "startup_at_most_0.5s": (bool(up) and max(up.values()) <= 0.5) if not result["quick"] else None,
         "paper_cache_at_most_300kb": (result.get("visual_cache_bytes_per_photo") or {}).get("paper", 10**9) <= 300_000,
         # the parity targets are stated for the real-LLM (smol) and cpu shapes, on a full run's 32 distinct images
         "llm_int8_scores_kept": bool(result["llm_int8"]["parity"])
@@ -55,6 +57,9 @@ def _e2e_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         noop = e2e["noop"]
         rows.append((sec, f"no-op rank (fresh process) of an unchanged {noop['photos']:,}-photo library",
                      f"{noop['noop_rank_s']:.2f} s"))
+        up = noop["startup_s"]
+        rows.append((sec, "start-up, fresh process: --version / status / profile list",
+                     f"{up['version']:.2f} / {up['status']:.2f} / {up['profile_list']:.2f} s"))
     cache = result.get("visual_cache_bytes_per_photo") or {}
     sizes = " / ".join("n/a" if v is None else f"{v / 1024:.1f} KiB" for v in cache.values())
     rows.append(("8 cache", "visual-token cache per photo (float16 tower features): " + " / ".join(cache), sizes))

@@ -392,7 +392,7 @@ def _headline(result: dict[str, Any], threads: int) -> dict[str, Any]:
 def _e2e_headline(e2e: dict[str, Any]) -> dict[str, Any]:
     if "error" in e2e or not e2e:
         keys = ("end_to_end_pairs_per_s", "end_to_end_pairs_per_s_int8", "projected_hours_10k_photos_4_profiles",
-                "projected_hours_10k_photos_4_profiles_int8", "noop_rank_s", "noop_rank_photos")
+                "projected_hours_10k_photos_4_profiles_int8", "noop_rank_s", "noop_rank_photos", "startup_s")
         return dict.fromkeys(keys)
     runs = e2e["end_to_end"]
     return {
@@ -402,6 +402,7 @@ def _e2e_headline(e2e: dict[str, Any]) -> dict[str, Any]:
         "projected_hours_10k_photos_4_profiles_int8": runs["int8"]["projected_hours_10k_photos_4_profiles"],
         "noop_rank_s": e2e["noop"]["noop_rank_s"],
         "noop_rank_photos": e2e["noop"]["photos"],
+        "startup_s": e2e["noop"]["startup_s"],
     }
 
 
