@@ -420,6 +420,9 @@ def fake_models(settings: Any) -> Any:
         def encode_prefix(self, profile: Any) -> None:
             return None
 
+        def project(self, features: torch.Tensor) -> torch.Tensor:
+            return features
+
         def score_cached(self, prefix: Any, visual: torch.Tensor) -> Any:
             scores = visual.mean(dim=(1, 2))
             return type("Out", (), {"scores": scores, "probs": torch.full((len(scores), 5), 0.2)})

@@ -71,6 +71,9 @@ def fake_loader(settings: Any) -> Any:
         def encode_prefix(self, profile: Any) -> None:
             return None
 
+        def project(self, features: torch.Tensor) -> torch.Tensor:
+            return features
+
         def score_cached(self, prefix: Any, visual: torch.Tensor) -> Any:
             for hook in list(SCORE_HOOK):
                 hook()
