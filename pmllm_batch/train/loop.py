@@ -204,7 +204,7 @@ class Trainer:
                 picks = rng.choice(len(self.units), size=min(cfg.batch_size, len(self.units)), replace=False)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                     loss = self._rating_loss(picks)
-                    if self.captions:
+                    if self.captions and cfg.caption_weight > 0:
                         loss = loss + cfg.caption_weight * self._caption_loss(rng)
                 (loss / cfg.grad_accum).backward()
                 total += float(loss.detach()) / cfg.grad_accum

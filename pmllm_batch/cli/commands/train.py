@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     p.add_argument("--tasks", default="overall", help="comma list: overall, attributes (PARA)")
     p.add_argument("--captions", help="CSV image,caption: adds the image-description task")
+    p.add_argument("--caption-weight", type=float, default=0.2,
+                   help="weight of the image-description loss when the samples carry captions (the synthetic task "
+                   "does); 0 trains on ratings only, several times faster with a real LLM (default %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=200,
                    help="steps between resumable checkpoints in OUT/checkpoints/last (default %(default)s)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a checkpoint")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     model = create_model(settings.model.preset, args.init or "none", offline=settings.model.offline,
                          device=settings.resolved_device(), lm_cache_dir=str(settings.cache_dir()))
     cfg = TrainCfg(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                   seed=args.seed, tasks=tasks, checkpoint_every=args.checkpoint_every)
+                   seed=args.seed, tasks=tasks, checkpoint_every=args.checkpoint_every,
+                   caption_weight=args.caption_weight)
     trainer = Trainer(model, ds, args.out, cfg)
     if not args.no_resume and trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
