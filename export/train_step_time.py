@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--caption-weight", type=float, default=0.0,
+                    help="the synthetic samples carry captions; PARA and LAPIS do not, so 0 (ratings only) by default")
     args = ap.parse_args(argv)
 
     import torch
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         ds = load_dataset("synthetic", root, fold=1, split="train", seed=0)
         trainer = Trainer(
-            model, ds, Path(tmp) / "out", TrainCfg(steps=10_000, batch_size=args.batch, checkpoint_every=10**9)
+            model, ds, Path(tmp) / "out", TrainCfg(steps=10_000, batch_size=args.batch, checkpoint_every=10**9,
+                                                  caption_weight=args.caption_weight)
         )
         with torch.no_grad():
             for uid in ds.profiles:
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 "s_per_step": round(step, 3),
                 "pairs_per_s": round(args.batch / step, 2),
                 "suffix_tokens": suffix,
+                "caption_weight": args.caption_weight,
                 "lm_params_m": round(sum(p.numel() for p in model.fused.lm.parameters()) / 1e6, 1),
                 "trainable_params_m": round(sum(p.numel() for p in model.trainable_parameters()) / 1e6, 2),
             }

@@ -11,6 +11,9 @@ Two ways to score, which agree to float precision (tested):
 from __future__ import annotations
 
 import inspect
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,29 @@ class PrefixState:
     @property
     def nbytes(self) -> int:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextmanager
+def _native_gqa(device: torch.device) -> Iterator[None]:
+    """On CPU, let SDPA handle grouped-query attention itself (``enable_gqa``) although a mask is passed.
+
+    transformers' SDPA path otherwise copies every layer's K/V once per query head group (``repeat_kv``) whenever an
+    attention mask is given, and the suffix-against-cached-prefix call always has one: with B rows that is B copies
+    of the prefix, per layer, per call. torch's CPU kernels take the mask with ``enable_gqa``; the scores are the
+    same (tests: cached equals full prompt within 1e-4), about 1.2x faster at cpu-preset shapes. On CUDA masked GQA
+    would fall back to the math kernel, so it is left as transformers decides.
+    """
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
 
 
 def _make_cache(config: Any) -> Any:
@@ -171,7 +197,7 @@ class PMLLM(nn.Module):
             kwargs["use_cache"] = False
         if visual is not None:
             visual = visual.to(device=self.device)
-        with self.fused.conditioned(visual, mask if visual is not None else None):
+        with self.fused.conditioned(visual, mask if visual is not None else None), _native_gqa(self.device):
             out = self._base[0](
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
             )
