@@ -48,7 +48,7 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pmllm-batch`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     words = list(argv) if argv is not None else sys.argv[1:]
-    if words == ["--version"]:
+    if "--version" in words and command_module(words) is None:  # no parser, no command module: start-up only
         from pmllm_batch.version import __version__
 
         print(f"{PROG} {__version__}")

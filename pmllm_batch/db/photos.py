@@ -13,11 +13,14 @@ from pmllm_batch.db.schema import PHOTO_STATUSES, Photo, utcnow
 from pmllm_batch.db.sql import chunks
 
 
-def index(s: Session, roots: Sequence[str] | None) -> dict[str, PhotoRecord]:
-    """All photo rows (any status) by path; only those under ``roots`` (as stored) unless it is None."""
+def index(s: Session, roots: Sequence[str] | None, statuses: Sequence[str] | None = None) -> dict[str, PhotoRecord]:
+    """All photo rows by path; only those under ``roots`` (as stored) unless it is None, only with one of
+    ``statuses`` unless it is None."""
     stmt = select(*[getattr(Photo, name) for name in PHOTO_RECORD_FIELDS])
     if roots is not None:
         stmt = stmt.where(Photo.root.in_(list(roots)))
+    if statuses is not None:
+        stmt = stmt.where(Photo.status.in_(list(statuses)))
     return {row.path: PhotoRecord(**row._asdict()) for row in s.execute(stmt)}
 
 

@@ -6,7 +6,6 @@ are scored once; rankings read one model's scores only and show each content has
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -91,7 +90,9 @@ def ranking(s: Session, profile_id: int, model_id: int, top: int | None) -> list
     ordered = sorted(best.values(), key=lambda r: (-r.score, r.path))
     if top is not None:
         ordered = ordered[: max(top, 0)]
-    return [dataclasses.replace(r, rank=i) for i, r in enumerate(ordered, start=1)]
+    for i, r in enumerate(ordered, start=1):  # fresh objects, made above: numbered in place
+        r.rank = i
+    return ordered
 
 
 def counts(s: Session, model_id: int | None) -> dict[str, int]:

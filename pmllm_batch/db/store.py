@@ -99,14 +99,17 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
     # Photos
     # -----------------------------------------------------------------------------------------------------------------
 
-    def photo_index(self, roots: list[str] | None = None) -> dict[str, PhotoRecord]:
-        """All photo rows (any status) by path, for incremental scans.
+    def photo_index(
+        self, roots: list[str] | None = None, statuses: Sequence[str] | None = None
+    ) -> dict[str, PhotoRecord]:
+        """Photo rows by path, for incremental scans.
 
         Args:
             roots: Only rows found under these scan roots (as stored); None for all.
+            statuses: Only rows with one of these statuses; None for any.
         """
         with self._db.read() as s:
-            return photos.index(s, roots)
+            return photos.index(s, roots, statuses)
 
     def upsert_photos(self, records: list[PhotoRecord]) -> None:
         """Insert or update photo rows by path, in one transaction.

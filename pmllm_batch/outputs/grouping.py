@@ -89,23 +89,34 @@ class RankingView:
             ProfileError: Unknown profile.
         """
         ranking = self.store.ranking(profile, model_id=model_id)
-        shown = self._view(ranking, self.scope)
+        shown = self._view(ranking, self.scope, top=top if renumber else None)
         if not renumber:
             place = {r.content_hash: r.rank for r in self._view(ranking, Scope())}
             shown = [dataclasses.replace(r, rank=place.get(r.content_hash, r.rank)) for r in shown]
         return shown[: max(top, 0)] if top is not None else shown
 
-    def _view(self, ranking: Sequence[RankedPhoto], scope: Scope) -> list[RankedPhoto]:
+    def _view(self, ranking: Sequence[RankedPhoto], scope: Scope, top: int | None = None) -> list[RankedPhoto]:
+        """``ranking`` (best first) scoped and grouped, ranks 1..n. With ``top``, rows that can no longer reach the
+        first ``top`` places are skipped unread (a 20,000-photo ranking shown as its top 10 reads about 10 rows),
+        but every member of a shown group is still counted."""
+        grouped = bool(self.group and self.links)
+        group_of = components((r.content_hash for r in ranking), self.links) if grouped else {}
         rows: list[RankedPhoto] = []
+        shown: set[str] = set()  # groups (or photos) with a row, in order of their best member
         for item in ranking:
+            g = group_of.get(item.content_hash, item.content_hash)
+            if top is not None and len(shown) >= top and g not in shown:
+                if not grouped:
+                    break  # nothing below can enter the first ``top`` places
+                continue  # only members of groups already shown still count
             files = self.files(item)
             inside = scope.paths_in(files) if scope.under is not None else list(files)
             if not inside or not scope.when_in(item.taken_at, item.mtime_ns):
                 continue
+            shown.add(g)
             path = item.path if item.path in inside else inside[0]
             rows.append(dataclasses.replace(item, path=path, paths=(path, *[f for f in files if f != path])))
-        if self.group and self.links:
-            group_of = components((r.content_hash for r in ranking), self.links)
+        if grouped:
             best: dict[str, RankedPhoto] = {}
             members: dict[str, list[str]] = {}
             order: list[str] = []

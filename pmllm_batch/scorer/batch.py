@@ -361,7 +361,7 @@ class LibraryScorer:
         if paths is None and index and any(rec.status == "missing" for rec in index.values()):
             self.store.forget_moved_missing([str(r) for r in roots])  # a full scan also tidies older moves
         # failures under these roots (this run's and earlier ones), reported with their reasons
-        index = self.store.photo_index([str(r) for r in roots])
+        index = self.store.photo_index([str(r) for r in roots], statuses=("failed", "skipped"))
         scanned = {str(e.path) for e in entries}
         fails = [r for p, r in index.items() if p in scanned and r.status == "failed"]
         summary.failed += len(fails)

@@ -65,8 +65,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         scorer = LibraryScorer(settings, store, progress=not args.quiet and sys.stderr.isatty())
         summary = scorer.run(args.paths, args.profile)
         names = args.profile or [p.name for p in store.list_profiles()]
-        view = RankingView(store, group=group, scope=scope)
-        rankings = {n: view.ranking(n, top=args.top) for n in names}
+        rankings = {}
+        if args.json or not args.quiet:  # -q prints nothing: no ranking is read (a cron run on a big library)
+            view = RankingView(store, group=group, scope=scope)
+            rankings = {n: view.ranking(n, top=args.top) for n in names}
         demo = summary.demo  # also when nothing loaded: the model is known from an earlier run
     s = summary.to_dict()
     if args.json:
