@@ -12,5 +12,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/smol}
 STEPS=800 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=${STAGE2_STEPS:-1000} LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$RUN/train/adapter" \
+STEPS=${STAGE2_STEPS:-600} LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$RUN/train/adapter" \
   TRAIN_OUT="$RUN/train2" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
