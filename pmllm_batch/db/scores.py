@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from pmllm_batch.db.records import RankedPhoto
 from pmllm_batch.db.schema import Photo, ProfileModel, Score, utcnow
-from pmllm_batch.db.sql import RowValues, insert_ignore, table_of
+from pmllm_batch.db.sql import RowValues, chunks, insert_ignore, table_of
 
 # One score as the scorer hands it in: (content_hash, profile_id, score, rating-level probabilities).
 ScoreInput = tuple[str, int, float, Sequence[float]]
@@ -54,6 +54,15 @@ def add(s: Session, values: list[RowValues]) -> int:
 def scored_hashes(s: Session, profile_id: int, model_id: int) -> set[str]:
     """Content hashes that already have a score for this profile and model."""
     return set(s.scalars(select(Score.content_hash).where(Score.profile_id == profile_id, Score.model_id == model_id)))
+
+
+def scored_among(s: Session, profile_id: int, model_id: int, hashes: Sequence[str]) -> set[str]:
+    """Which of ``hashes`` already have a score for this profile and model (reads only those)."""
+    out: set[str] = set()
+    for chunk in chunks(list(dict.fromkeys(hashes))):
+        out.update(s.scalars(select(Score.content_hash).where(
+            Score.profile_id == profile_id, Score.model_id == model_id, Score.content_hash.in_(list(chunk)))))
+    return out
 
 
 def forget_profile(s: Session, profile_id: int) -> None:

@@ -307,6 +307,11 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
         with self._db.read() as s:
             return scores.scored_hashes(s, profile_id, model_id)
 
+    def scored_among(self, profile_id: int, model_id: int, hashes: Sequence[str]) -> set[str]:
+        """Which of ``hashes`` already have a score for this profile and model."""
+        with self._db.read() as s:
+            return scores.scored_among(s, profile_id, model_id, hashes)
+
     def add_scores(self, model_id: int, rows: Iterable[tuple[str, int, float, Sequence[float]]]) -> int:
         """Write one batch of scores in one transaction; rows already present are skipped.
 

@@ -166,16 +166,9 @@ def model_recipe(settings: Any) -> str:
 
 @dataclass
 class _OnePass:
-    """The profiles a sync scores as it encodes (one pass), and what each already has under the current model."""
+    """The profiles a sync scores as it encodes (one pass)."""
 
     profiles: list[Any]
-    _scored: dict[tuple[int, int], set[str]] = field(default_factory=dict)
-
-    def scored(self, profile_id: int, model_id: int, store: Store) -> set[str]:
-        key = (int(profile_id), int(model_id))
-        if key not in self._scored:
-            self._scored[key] = store.scored_hashes(profile_id, model_id)
-        return self._scored[key]
 
 
 @dataclass
@@ -489,7 +482,7 @@ class LibraryScorer:
         with torch.inference_mode():  # the projector once per photo, not once per (photo, profile)
             projected = loaded.model.project(torch.from_numpy(np.stack([tokens[h] for h in order])))
         for prof in self._one_pass.profiles:
-            done = self._one_pass.scored(prof.id, model.id, self.store)
+            done = self.store.scored_among(prof.id, model.id, order)  # a photo encoded again (its cache evicted)
             todo = [h for h in order if h not in done]
             if not todo:
                 continue
@@ -503,7 +496,6 @@ class LibraryScorer:
                     for h, sc, pr in zip(chunk, out.scores.tolist(), out.probs.tolist(), strict=True)
                 ]
                 summary.scored += self.store.add_scores(model.id, rows)
-                done.update(chunk)
 
     # ------------------------------------------------------------------------------------------
     # internals
