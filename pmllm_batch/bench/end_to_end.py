@@ -42,11 +42,10 @@ def _loader(preset: str, quantize: str) -> Any:
         loaded = _random_cpu_loader(settings, build_tower=build_tower)
         if quantize == "int8":
             from pmllm_batch.model.checkpoint import fingerprint
-            from pmllm_batch.model.quantize import quantize_lm_int8
 
-            model = loaded.model
-            quantize_lm_int8(model.fused.lm, model.cfg.lm.decoder_layers_path)
-            model.cfg.lm.quantize = "int8"
+            from .int8 import quantize_in_place
+
+            model = quantize_in_place(loaded.model)
             loaded = dataclasses.replace(loaded, fingerprint=fingerprint(model, vision_graph_id=loaded.vision.graph_id))
         return loaded
 

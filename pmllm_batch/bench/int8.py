@@ -56,18 +56,23 @@ def _decoder_inner_layers(model: Any) -> list[Any]:
     return [layer.layer if isinstance(layer, FusedDecoderLayer) else layer for layer in layers]
 
 
-def int8_copy(model: Any) -> Any:
-    """A deep copy of ``model`` with the shipped int8 LLM (what ``create_model`` does for ``lm.quantize = "int8"``)."""
+def quantize_in_place(model: Any) -> Any:
+    """``model`` with the shipped int8 LLM (what ``create_model`` does for ``lm.quantize = "int8"``)."""
     from pmllm_batch.model.quantize import quantize_lm_int8
 
+    quantize_lm_int8(model.fused.lm, model.cfg.lm.decoder_layers_path)
+    model.cfg.lm.quantize = "int8"
+    return model.eval()
+
+
+def int8_copy(model: Any) -> Any:
+    """A deep copy of ``model`` with the shipped int8 LLM."""
     tower, model.tower = model.tower, None  # the vision tower is not part of the LLM stage: not copied
     try:
         q = copy.deepcopy(model)
     finally:
         model.tower = tower
-    quantize_lm_int8(q.fused.lm, q.cfg.lm.decoder_layers_path)
-    q.cfg.lm.quantize = "int8"
-    return q.eval()
+    return quantize_in_place(q)
 
 
 def _torch_dynamic_copy(model: Any) -> Any:

@@ -165,13 +165,6 @@ def model_recipe(settings: Any) -> str:
 
 
 @dataclass
-class _OnePass:
-    """The profiles a sync scores as it encodes (one pass)."""
-
-    profiles: list[Any]
-
-
-@dataclass
 class _Prepared:
     entry: FileEntry
     record: PhotoRecord
@@ -208,7 +201,7 @@ class LibraryScorer:
         self._model: KnownModel | None = None  # known (from the recipe) or registered (after a load)
         self._registered = False  # ensure_model ran for self._model in this process
         self._looked_up = False
-        self._one_pass = _OnePass([])
+        self._one_pass: list[Any] = []  # the profiles a sync scores as it encodes (one pass)
         self._prefixes: dict[tuple[str, int, str], Any] = {}  # (model fingerprint, profile id, persona) -> prefix
         self._budget = int(getattr(getattr(settings, "vision", None), "cache_budget_bytes", 0) or 0)
         group_settings = getattr(settings, "group", None)
@@ -322,11 +315,11 @@ class LibraryScorer:
         with self.work() as held:
             if not held:
                 return []
-            self._one_pass = _OnePass(list(profiles or []))
+            self._one_pass = list(profiles or [])
             try:
                 return self._sync(roots, summary, paths, settle_s)
             finally:
-                self._one_pass = _OnePass([])
+                self._one_pass = []
 
     def _sync(
         self, roots: Sequence[Path], summary: RunSummary, paths: Iterable[Path] | None, settle_s: float | None
@@ -469,7 +462,7 @@ class LibraryScorer:
 
     def _score_fresh(self, tokens: dict[str, np.ndarray], loaded: LoadedModels, summary: RunSummary) -> None:
         """One pass: score photos encoded just now for every profile of this run, from the tokens in memory."""
-        if not self._one_pass.profiles or not tokens:
+        if not self._one_pass or not tokens:
             return
         model = self.known_model(load=True)
         assert model is not None
@@ -481,7 +474,7 @@ class LibraryScorer:
         row = {h: i for i, h in enumerate(order)}
         with torch.inference_mode():  # the projector once per photo, not once per (photo, profile)
             projected = loaded.model.project(torch.from_numpy(np.stack([tokens[h] for h in order])))
-        for prof in self._one_pass.profiles:
+        for prof in self._one_pass:
             done = self.store.scored_among(prof.id, model.id, order)  # a photo encoded again (its cache evicted)
             todo = [h for h in order if h not in done]
             if not todo:
