@@ -9,7 +9,8 @@
 #   stage 4: STAGE4_STEPS (2500) more at a lower peak lr, 6e-4, from stage 3's (seed 3) -> runs/smol/train4
 #   (the loss stayed flat while the lr was near 2e-3 and fell as it decayed, hence stage 4's lower lr)
 # then the float16 adapter goes to pmllm_batch/assets/smol/adapter and scripts/eval_adapter.sh scores fold 1's 30 test
-# people of the new population (EVAL_SPLIT=all: all 120). On 2 quiet CPU cores a step takes 1.1–2 s (3.5 s beside other load).
+# people of the new population (EVAL_SPLIT=all: all 120). A step takes 1.5-2 s on 2 quiet CPU cores (stage 4's
+# checkpoint times), about 3.5 s beside other load.
 # Usage: [STAGE4_STEPS=N] [THREADS=N] [EVAL_SPLIT=test|all] scripts/build_smol.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
