@@ -8,10 +8,12 @@
 #   stage 3: 1600 more on ratings only, from stage 2's adapter (seed 2)                 -> runs/smol/train3
 #   stage 4: STAGE4_STEPS (2500) more at a lower peak lr, 6e-4, from stage 3's (seed 3) -> runs/smol/train4
 #   (the loss stayed flat while the lr was near 2e-3 and fell as it decayed, hence stage 4's lower lr)
+#   stage 5: STAGE5_STEPS (4500) more at 6e-4, from stage 4's (seed 4)                  -> runs/smol/train5
+#   stage 6: STAGE6_STEPS (4000) more at 4e-4, from stage 5's (seed 5)                  -> runs/smol/train6
 # then the float16 adapter goes to pmllm_batch/assets/smol/adapter and scripts/eval_adapter.sh scores fold 1's 30 test
-# people of the new population (EVAL_SPLIT=all: all 120). A step takes 1.5-2 s on 2 quiet CPU cores (stage 4's
+# people of the new population (EVAL_SPLIT=all: all 120). A step takes 1.2-2 s on 2 quiet CPU cores (stages 4-6's
 # checkpoint times), about 3.5 s beside other load.
-# Usage: [STAGE4_STEPS=N] [THREADS=N] [EVAL_SPLIT=test|all] scripts/build_smol.sh [RUN_DIR]
+# Usage: [STAGE4_STEPS=N] [STAGE5_STEPS=N] [STAGE6_STEPS=N] [THREADS=N] [EVAL_SPLIT=test|all] scripts/build_smol.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/smol}
@@ -21,4 +23,8 @@ STEPS=600 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$
 STEPS=1600 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=2 CAPTION_WEIGHT=0 INIT="$RUN/train2/adapter" \
   TRAIN_OUT="$RUN/train3" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
 STEPS=${STAGE4_STEPS:-2500} LR=6e-4 BATCH=32 THREADS=${THREADS:-2} SEED=3 CAPTION_WEIGHT=0 INIT="$RUN/train3/adapter" \
-  TRAIN_OUT="$RUN/train4" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
+  TRAIN_OUT="$RUN/train4" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
+STEPS=${STAGE5_STEPS:-4500} LR=6e-4 BATCH=32 THREADS=${THREADS:-2} SEED=4 CAPTION_WEIGHT=0 INIT="$RUN/train4/adapter" \
+  TRAIN_OUT="$RUN/train5" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
+STEPS=${STAGE6_STEPS:-4000} LR=4e-4 BATCH=32 THREADS=${THREADS:-2} SEED=5 CAPTION_WEIGHT=0 INIT="$RUN/train5/adapter" \
+  TRAIN_OUT="$RUN/train6" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
