@@ -18,13 +18,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/smol}
 STEPS=800 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=600 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=1 CAPTION_WEIGHT=0 INIT="$RUN/train/adapter" \
-  TRAIN_OUT="$RUN/train2" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=1600 LR=2e-3 BATCH=32 THREADS=${THREADS:-2} SEED=2 CAPTION_WEIGHT=0 INIT="$RUN/train2/adapter" \
-  TRAIN_OUT="$RUN/train3" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=${STAGE4_STEPS:-2500} LR=6e-4 BATCH=32 THREADS=${THREADS:-2} SEED=3 CAPTION_WEIGHT=0 INIT="$RUN/train3/adapter" \
-  TRAIN_OUT="$RUN/train4" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=${STAGE5_STEPS:-4500} LR=6e-4 BATCH=32 THREADS=${THREADS:-2} SEED=4 CAPTION_WEIGHT=0 INIT="$RUN/train4/adapter" \
-  TRAIN_OUT="$RUN/train5" SKIP_EVAL=1 scripts/train_adapter.sh smol "$RUN"
-STEPS=${STAGE6_STEPS:-4000} LR=4e-4 BATCH=32 THREADS=${THREADS:-2} SEED=5 CAPTION_WEIGHT=0 INIT="$RUN/train5/adapter" \
-  TRAIN_OUT="$RUN/train6" EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
+stage() {  # stage N STEPS LR: ratings only, seed N-1, from stage N-1's adapter, into $RUN/trainN (evaluates after 6)
+  local n=$1 prev=$(($1 - 1)) init skip=1
+  init="$RUN/train$prev/adapter"
+  [ "$prev" != 1 ] || init="$RUN/train/adapter"
+  [ "$n" != 6 ] || skip=0
+  STEPS=$2 LR=$3 BATCH=32 THREADS=${THREADS:-2} SEED=$prev CAPTION_WEIGHT=0 INIT="$init" TRAIN_OUT="$RUN/train$n" \
+    SKIP_EVAL=$skip EVAL_SPLIT=${EVAL_SPLIT:-test} scripts/train_adapter.sh smol "$RUN"
+}
+stage 2 600 2e-3
+stage 3 1600 2e-3
+stage 4 "${STAGE4_STEPS:-2500}" 6e-4
+stage 5 "${STAGE5_STEPS:-4500}" 6e-4
+stage 6 "${STAGE6_STEPS:-4000}" 4e-4
