@@ -463,6 +463,43 @@ def test_sigterm_stops_the_daemon_even_in_the_middle_of_a_chunk_and_the_rest_is_
     assert len(scores) == len(set(scores)) == 6
 
 
+def test_a_move_into_a_folder_the_observer_does_not_watch_yet_is_a_move_not_a_missing_file(
+    env: CLIEnv, fake_models: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``mkdir sub && mv a.jpg sub/`` can beat the observer's watch on ``sub``: only the deletion is reported.
+
+    The race is replayed by hand: the folder's event is expanded while it is still empty, the file moves in, and
+    the batch holds only the vanished path. The batch must look in the new folder and record a move.
+    """
+    from pmllm_batch.daemon.service import WatchService
+
+    lib = env.root / "lib"
+    files = photos(lib, 2)
+    os.utime(files[0], (time.time() - 60, time.time() - 60))  # an old photo, as moved ones are
+    assert add_profile(env, "ana")[0] == 0
+    assert env.run_cli("watch", str(lib), "--once")[0] == 0
+    before = score_rows(env.db_path)
+    assert len(before) == 2
+    caplog.set_level(logging.INFO, logger="pmllm_batch")
+    caplog.clear()
+    with Store(env.db_url) as store:
+        service = WatchService(settings_for(env, settle=0.2), store, [lib], once=True, install_signals=False)
+        service._load_profiles(initial=True)
+        sub = lib / "sub"
+        sub.mkdir()
+        service.tracker.touch_dir(str(sub))
+        for folder in service.tracker.take_dirs():
+            service._expand_dir(folder)  # nothing below it yet
+        assert service.tracker.waiting == 0
+        files[0].rename(sub / "moved.jpg")
+        service._process_batch([files[0]])
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch ")]
+    assert "0 missing" in line and "1 moved or renamed (scores kept)" in line, line
+    assert rows(env.db_path, "SELECT status FROM photos WHERE path = ?", str(sub / "moved.jpg")) == [("ok",)]
+    assert not rows(env.db_path, "SELECT id FROM photos WHERE path = ?", str(files[0]))
+    assert sorted(score_rows(env.db_path)) == sorted(before)  # same content, same scores: nothing rescored
+
+
 def test_a_rename_is_logged_as_a_move_and_failed_files_are_named(
     env: CLIEnv, fake_models: list[int], caplog: pytest.LogCaptureFixture
 ) -> None:

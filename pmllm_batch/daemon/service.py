@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ STOP_GRACE_S = 3.0  # after SIGTERM, how long the in-flight chunk may take to co
 ROOT_CHECK_MAX_S = 60.0  # back-off ceiling between checks of a root that is not there
 ONCE_SETTLE_LIMIT_S = 30.0  # --once waits at most max(this, 10 x settle) for files that keep changing
 MAX_NAMED_FAILURES = 20  # failed files named in the log per batch
+RECENT_DIR_WINDOW_S = 60.0  # a batch with vanished files looks for them in folders created this recently
 
 
 class _StopNow(BaseException):
@@ -490,10 +492,43 @@ class WatchService:
         summary = RunSummary(profiles=len(self._profiles))
         roots = self._available_roots()
         paths = [p for p in paths if self.filter.root_of(p) in roots]
+        if any(not p.exists() for p in paths):
+            paths += self._arrivals_for_vanished(paths)
         if paths:
             self.scorer.sync(roots, summary, paths=paths, profiles=self._profiles)
             self._score(summary)
         self._log_batch("batch", summary, time.monotonic() - t0, files=len(paths))
+
+    def _arrivals_for_vanished(self, batch: list[Path]) -> list[Path]:
+        """Photos that may be where a batch's vanished files went, so the scan records moves instead of losses.
+
+        Two ways a move reaches the tracker split in two: ``mkdir sub && mv a.jpg sub/`` can move the file before
+        the observer watches ``sub`` (only the deletion of ``a.jpg`` is seen, or the arrival is simulated a moment
+        later), and a move's two halves can settle at different times. So a batch with a vanished file also takes
+        every file still waiting in the tracker and every file in a folder created in the last minute, as long as
+        it has not been written for ``settle`` seconds (a moved file keeps its old mtime; one being written does
+        not qualify and is left to its own events). The scan then matches arrivals to vanished files by content.
+        """
+        seen = {str(p) for p in batch}
+        candidates = list(self.tracker.waiting_paths())
+        for folder in self.tracker.recent_dirs(within=max(RECENT_DIR_WINDOW_S, 10 * float(self.cfg.settle))):
+            if os.path.isdir(folder):
+                candidates += [str(p) for p in self.filter.files_under(folder)]
+        cutoff = time.time() - float(self.cfg.settle)
+        found: list[Path] = []
+        for name in candidates:
+            if name in seen or self.filter.classify(name) is None:
+                continue
+            seen.add(name)
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
+                continue
+            self.tracker.claim(name)
+            found.append(Path(name))
+        return found
 
     def _log_batch(self, what: str, summary: RunSummary, elapsed: float, files: int | None) -> None:
         self._last_work = time.monotonic()

@@ -123,6 +123,7 @@ class SettleTracker:
         self._pending: dict[str, _Pending] = {}
         self._settled: dict[str, float] = {}  # path -> when it settled (insertion order = batch order)
         self._dirs: dict[str, None] = {}  # folders touched by directory events, in order
+        self._recent_dirs: dict[str, float] = {}  # folder -> its last directory event (see recent_dirs)
         self._last_event = -float("inf")
         self.events = 0  # how many events touched the tracker (for tests and logs)
 
@@ -152,6 +153,8 @@ class SettleTracker:
             self.events += 1
             self._last_event = self._clock()
             self._dirs[path] = None
+            self._recent_dirs.pop(path, None)
+            self._recent_dirs[path] = self._last_event
 
     # -- consumer (service thread) ----------------------------------------------------------------------------------
 
@@ -161,6 +164,31 @@ class SettleTracker:
             dirs = list(self._dirs)
             self._dirs.clear()
         return dirs
+
+    def recent_dirs(self, within: float) -> list[str]:
+        """Folders with a directory event in the last ``within`` seconds (older ones are forgotten).
+
+        A file moved into a folder that was created a moment earlier can arrive before the observer watches that
+        folder: the source side reports a deletion and nothing reports the arrival. The service looks in these
+        folders before it calls a vanished file missing (:meth:`WatchService._process_batch`).
+        """
+        now = self._clock()
+        with self._lock:
+            for path, when in list(self._recent_dirs.items()):
+                if now - when > within:
+                    del self._recent_dirs[path]
+            return list(self._recent_dirs)
+
+    def waiting_paths(self) -> list[str]:
+        """Paths settling or settled but not handed out yet."""
+        with self._lock:
+            return [*self._pending, *self._settled]
+
+    def claim(self, path: str) -> None:
+        """Take ``path`` out of the tracker: the service reads it now, in another batch."""
+        with self._lock:
+            self._pending.pop(path, None)
+            self._settled.pop(path, None)
 
     @property
     def waiting(self) -> int:
