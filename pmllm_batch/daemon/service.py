@@ -505,9 +505,10 @@ class WatchService:
         Two ways a move reaches the tracker split in two: ``mkdir sub && mv a.jpg sub/`` can move the file before
         the observer watches ``sub`` (only the deletion of ``a.jpg`` is seen, or the arrival is simulated a moment
         later), and a move's two halves can settle at different times. So a batch with a vanished file also takes
-        every file still waiting in the tracker and every file in a folder created in the last minute, as long as
-        it has not been written for ``settle`` seconds (a moved file keeps its old mtime; one being written does
-        not qualify and is left to its own events). The scan then matches arrivals to vanished files by content.
+        every file still waiting in the tracker and every file in a folder created in the last minute (up to the
+        batch limit), as long as it has not been written for ``settle`` seconds (a moved file keeps its old mtime;
+        one being written does not qualify and is left to its own events). The scan then matches arrivals to
+        vanished files by content.
         """
         seen = {str(p) for p in batch}
         candidates = list(self.tracker.waiting_paths())
@@ -515,11 +516,17 @@ class WatchService:
             if os.path.isdir(folder):
                 candidates += [str(p) for p in self.filter.files_under(folder)]
         cutoff = time.time() - float(self.cfg.settle)
+        room = max(0, self.tracker.max_batch - len(batch))  # a batch stays bounded; the rest keep their own events
         found: list[Path] = []
         for name in candidates:
-            if name in seen or self.filter.classify(name) is None:
+            if len(found) >= room:
+                break
+            if name in seen:
                 continue
             seen.add(name)
+            kind = self.filter.classify(name)
+            if kind is None or (kind == "sniff" and not self.filter.is_image(name)):
+                continue  # the tracker's own rule for files whose extension is not an image's
             try:
                 st = os.stat(name)
             except OSError:

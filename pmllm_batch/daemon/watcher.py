@@ -153,7 +153,6 @@ class SettleTracker:
             self.events += 1
             self._last_event = self._clock()
             self._dirs[path] = None
-            self._recent_dirs.pop(path, None)
             self._recent_dirs[path] = self._last_event
 
     # -- consumer (service thread) ----------------------------------------------------------------------------------
