@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from pmllm_batch.config import Settings
 from pmllm_batch.errors import UntrainedModelError
 from pmllm_batch.log import get_logger
+from pmllm_batch.model.spec import ModelSpec
 
 log = get_logger("models")
 
@@ -22,7 +24,7 @@ class LoadedModels:
     preset: str
 
 
-def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedModels:
+def load_models(settings: Settings, *, build_tower: bool | None = None) -> LoadedModels:
     """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use).
 
     With the ONNX backend the torch vision tower is built only when the ONNX artefact for this model is missing
@@ -32,7 +34,7 @@ def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedMode
 
     from pmllm_batch.errors import ModelLoadError
     from pmllm_batch.model.checkpoint import fingerprint, vision_fingerprint
-    from pmllm_batch.model.factory import attach_vision_tower, create_model
+    from pmllm_batch.model.factory import attach_vision_tower
     from pmllm_batch.runtime.onnx_export import is_complete
     from pmllm_batch.runtime.vision_runner import load_vision_runner
 
@@ -44,26 +46,11 @@ def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedMode
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
     t0 = time.perf_counter()
-    device = settings.resolved_device()
+    spec = ModelSpec.from_settings(settings)
+    device = spec.device
     m = settings.model
-    overrides: dict[str, Any] = {}
-    if m.vision_checkpoint:
-        overrides["vision"] = {"checkpoint": str(Path(m.vision_checkpoint).expanduser())}
-    if m.lm_path:
-        overrides["lm"] = {"name_or_path": str(Path(m.lm_path).expanduser())}
-    quantize = getattr(settings.score, "quantize", "none")
-    if quantize != "none":
-        overrides.setdefault("lm", {})["quantize"] = quantize
     onnx = settings.vision.backend == "onnx"
-    model = create_model(
-        m.preset,
-        m.checkpoint or None,
-        offline=m.offline,
-        device=device,
-        with_vision=not onnx or bool(build_tower),
-        lm_cache_dir=str(settings.cache_dir()),
-        overrides=overrides or None,
-    )
+    model = spec.create(with_vision=not onnx or bool(build_tower))
     if model.fusion_untrained() and not m.allow_untrained:
         raise UntrainedModelError(
             f"the {model.cfg.name} model's fusion modules were never trained, so every photo would get the same "
@@ -110,15 +97,20 @@ def load_models(settings: Any, *, build_tower: bool | None = None) -> LoadedMode
 
 
 class ModelCache:
-    """Lazy load under a lock; ``maybe_unload`` drops the models after ``idle_s`` without use."""
+    """Lazy load under a lock; ``maybe_unload`` drops the models after ``idle_s`` without use.
 
-    def __init__(self, settings: Any, idle_s: float | None = None, loader: Any = load_models) -> None:
+    The one idle clock: it starts at the last :meth:`get` or :meth:`touch`. A caller that uses the models for a long
+    stretch (the daemon's batch) calls :meth:`touch` when the work ends, so idle means "since the last work ended".
+    """
+
+    def __init__(self, settings: Settings, idle_s: float | None = None,
+                 loader: Callable[[Settings], LoadedModels] = load_models) -> None:
         self._settings = settings
         self._idle_s = idle_s
         self._loader = loader
         self._lock = threading.Lock()
         self._models: LoadedModels | None = None
-        self._last_used = 0.0
+        self._last_used = time.monotonic()
 
     def get(self) -> LoadedModels:
         with self._lock:
@@ -127,15 +119,23 @@ class ModelCache:
             self._last_used = time.monotonic()
             return self._models
 
+    def touch(self) -> None:
+        """Work that used the models just ended: the idle time counts from now."""
+        self._last_used = time.monotonic()
+
     @property
     def loaded(self) -> bool:
         return self._models is not None
+
+    def idle_for(self) -> float:
+        """Seconds since the models were last used."""
+        return time.monotonic() - self._last_used
 
     def maybe_unload(self) -> bool:
         with self._lock:
             if self._models is None or self._idle_s is None:
                 return False
-            if time.monotonic() - self._last_used < self._idle_s:
+            if self.idle_for() < self._idle_s:
                 return False
             self._models = None
             log.info("models unloaded after %.0fs idle", self._idle_s)
