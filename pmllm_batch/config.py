@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypedDict, cast, get_type_hints
 
 from pmllm_batch.errors import ConfigError
 
@@ -36,11 +36,20 @@ CLI_LABEL = "command-line option"
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def _choices(*values: str) -> dict[str, Any]:
+class _FieldMeta(TypedDict, total=False):
+    """What a settings field's ``metadata`` may say about its valid values."""
+
+    choices: tuple[str, ...]
+    pattern: re.Pattern[str]
+    expected: str  # the sentence for a value the pattern refuses
+    min: float
+
+
+def _choices(*values: str) -> _FieldMeta:
     return {"choices": values}
 
 
-def _minimum(value: float) -> dict[str, Any]:
+def _minimum(value: float) -> _FieldMeta:
     return {"min": value}
 
 
@@ -252,16 +261,16 @@ class Settings:
             return "cpu"
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def as_dict(self) -> dict[str, dict[str, Any]]:
+    def as_dict(self) -> dict[str, dict[str, object]]:
         """Plain nested dict (lists for tuples), e.g. for printing the effective configuration."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, dict[str, object]] = {}
         for section in SECTIONS:
             obj = getattr(self, section)
             out[section] = {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
         return out
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -289,21 +298,21 @@ def as_db_url(value: str, env: Mapping[str, str] | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def _field_types(cls: type) -> dict[str, object]:
     hints = get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
 
 
-def _describe(expected: Any) -> str:
+def _describe(expected: object) -> str:
     return {
         str: "text",
         bool: "true or false",
         int: "a whole number",
         float: "a number",
-    }.get(expected, "a list of text values")
+    }.get(expected if isinstance(expected, type) else tuple, "a list of text values")
 
 
-def _coerce(value: Any, expected: Any, meta: Mapping[str, Any]) -> tuple[Any, str | None]:
+def _coerce(value: object, expected: object, meta: _FieldMeta) -> tuple[object, str | None]:
     """Return (value in its settings type, None) or (None, what was expected)."""
     if expected is str:
         if not isinstance(value, str):
@@ -324,9 +333,9 @@ def _coerce(value: Any, expected: Any, meta: Mapping[str, Any]) -> tuple[Any, st
         value = tuple(value)
     if "choices" in meta and value not in meta["choices"]:
         return None, "one of " + ", ".join(meta["choices"])
-    if "pattern" in meta and not meta["pattern"].match(value):
-        return None, meta["expected"]
-    if "min" in meta and value < meta["min"]:
+    if "pattern" in meta and not (isinstance(value, str) and meta["pattern"].match(value)):
+        return None, meta.get("expected", "")
+    if "min" in meta and isinstance(value, (int, float)) and value < meta["min"]:
         return None, f"at least {meta['min']:g}"
     return value, None
 
@@ -335,10 +344,11 @@ class _Layers:
     """Accumulates values per (section, key) and remembers which layer set each, for error messages."""
 
     def __init__(self) -> None:
-        self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        self.values: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
         self.sources: dict[tuple[str, str], str] = {}
         self.types = {name: _field_types(cls) for name, cls in SECTIONS.items()}
-        self.meta = {name: {f.name: f.metadata for f in fields(cls)} for name, cls in SECTIONS.items()}
+        self.meta = {name: {f.name: cast(_FieldMeta, f.metadata) for f in fields(cls)}
+                     for name, cls in SECTIONS.items()}
 
     def check_key(self, section: str, key: str, source: str) -> None:
         if section not in SECTIONS:
@@ -355,7 +365,7 @@ class _Layers:
                 f"{source}: unknown key '{section}.{key}'{did_you_mean}; keys in [{section}]: {', '.join(known)}."
             )
 
-    def set(self, section: str, key: str, value: Any, source: str) -> None:
+    def set(self, section: str, key: str, value: object, source: str) -> None:
         self.check_key(section, key, source)
         coerced, expected = _coerce(value, self.types[section][key], self.meta[section][key])
         if expected is not None:
@@ -363,7 +373,7 @@ class _Layers:
         self.values[section][key] = coerced
         self.sources[(section, key)] = source
 
-    def merge_table(self, data: Mapping[str, Any], source: str) -> None:
+    def merge_table(self, data: Mapping[str, object], source: str) -> None:
         for section, table in data.items():
             if not isinstance(table, dict):
                 if section in SECTIONS:
@@ -378,7 +388,7 @@ class _Layers:
                 self.set(section, key, value, source)
 
     def build(self, environ: Mapping[str, str] | None) -> Settings:
-        sections: dict[str, Any] = {}
+        sections: dict[str, Any] = {}  # one dataclass per section, checked field by field by _coerce
         for name, cls in SECTIONS.items():
             missing = [
                 f.name
@@ -391,14 +401,14 @@ class _Layers:
         return Settings(**sections, environ=environ)
 
 
-def _read_toml(text: str, source: str) -> dict[str, Any]:
+def _read_toml(text: str, source: str) -> dict[str, object]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}.") from None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> dict[str, object]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -426,7 +436,7 @@ def user_config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]
     return candidate if candidate.is_file() else None
 
 
-def _parse_env_value(raw: str, expected: Any) -> Any:
+def _parse_env_value(raw: str, expected: object) -> object:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -440,7 +450,7 @@ def _parse_env_value(raw: str, expected: Any) -> Any:
 
 def load_config(
     path: str | os.PathLike[str] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings from every layer.
