@@ -3,7 +3,7 @@
 * **Statuses and reasons** of photo rows, as enums. They are :class:`enum.StrEnum`, so a member *is* its string:
   database columns, JSON and old rows keep the plain values ("ok", "too_small"), and comparing a member with a
   string read back from the database is exact.
-* **JSON** types for settings dumps, run summaries and metadata (instead of ``dict[str, Any]``).
+* **JSON** types for settings dumps, run summaries and metadata (instead of untyped dicts).
 * **Protocols** for what the pipeline needs from a model, so ``runtime`` and ``scorer`` depend on a shape, not on
   the P-MLLM class (``model`` satisfies them; nothing here imports it):
 

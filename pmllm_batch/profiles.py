@@ -29,7 +29,6 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pmllm_batch.errors import ProfileError
 
@@ -98,7 +97,7 @@ class Profile:
     art_interest: dict[str, float | str] = field(default_factory=dict)  # item -> 0..6 or words
     notes: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Plain dict without empty fields (stable for hashing and JSON)."""
         return {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}
 
@@ -106,7 +105,7 @@ class Profile:
         return Profile.from_dict({**self.to_dict(), "name": name})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "profile", strict: bool = False) -> Profile:
+    def from_dict(cls, data: dict[str, object], *, source: str = "profile", strict: bool = False) -> Profile:
         """Validate and build a profile.
 
         Args:
@@ -127,7 +126,7 @@ class Profile:
         return profile
 
 
-def _build(cls: type[Profile], data: dict[str, Any], *, strict: bool) -> tuple[Profile | None, list[str]]:
+def _build(cls: type[Profile], data: dict[str, object], *, strict: bool) -> tuple[Profile | None, list[str]]:
     problems: list[str] = []
     unknown = sorted(set(data) - set(ALLOWED_KEYS))
     if unknown:
