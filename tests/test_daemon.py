@@ -46,6 +46,7 @@ from watchdog.events import (
 
 from pmllm_batch.daemon.watcher import PhotoEventHandler, SettleTracker, watch_for_overflow
 from pmllm_batch.scan.plan import PathFilter
+from tests.doubles import FakeClock, demo_fake_loader
 from tests.helpers import CLIEnv, isolated_env
 from tests.helpers import wait_until as _wait_until
 from tests.imagegen import make_photo
@@ -60,17 +61,6 @@ START_GUARD = 300.0  # the same for a daemon start: importing torch, loading (an
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers (the env and model_cache fixtures live in tests/conftest.py)
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def photo(path: Path, seed: int) -> Path:
@@ -399,37 +389,6 @@ class TestWatchCommand:
         assert code == 2 and "at least 0" in err
 
 
-def fake_models(settings: Any) -> Any:
-    """A stand-in for the demo model with the same interface (tokens = mean colour), for in-process service tests."""
-    import numpy as np
-    import torch
-
-    from pmllm_batch.runtime.preprocess import PreprocessCfg
-    from pmllm_batch.scorer.models import LoadedModels
-
-    class Vision:
-        graph_id = "fake-vision"
-        preprocess = PreprocessCfg(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-        def encode(self, pixels: np.ndarray) -> np.ndarray:
-            return pixels.reshape(len(pixels), 3, -1).mean(-1, keepdims=True)  # (B, 3, 1)
-
-    class Model:
-        cfg = type("Cfg", (), {"demo": True})
-
-        def encode_prefix(self, profile: Any) -> None:
-            return None
-
-        def project(self, features: torch.Tensor) -> torch.Tensor:
-            return features
-
-        def score_cached(self, prefix: Any, visual: torch.Tensor) -> Any:
-            scores = visual.mean(dim=(1, 2))
-            return type("Out", (), {"scores": scores, "probs": torch.full((len(scores), 5), 0.2)})
-
-    return LoadedModels(Model(), Vision(), "fake-fingerprint", "fake")
-
-
 class TestWatchService:
     def test_lost_events_are_caught_by_the_overflow_rescan_and_a_dead_observer_falls_back_to_polling(
         self, env: CLIEnv, caplog: pytest.LogCaptureFixture
@@ -437,7 +396,7 @@ class TestWatchService:
         from pmllm_batch.config import load_config
         from pmllm_batch.daemon.service import WatchService
         from pmllm_batch.db import Store
-        from pmllm_batch.scorer.models import ModelCache
+        from pmllm_batch.scorer import ModelCache
 
         lib = env.root / "library"
         photo(lib / "a.jpg", seed=1)
@@ -448,7 +407,7 @@ class TestWatchService:
             "watch": {"settle": 0.2, "debounce": 0.05, "reconcile_interval": 0, "poll_interval": 0.2},
         })
         with Store(env.db_url) as store:
-            service = WatchService(settings, store, [lib], models=ModelCache(settings, loader=fake_models),
+            service = WatchService(settings, store, [lib], models=ModelCache(settings, loader=demo_fake_loader),
                                    install_signals=False)
             service.health_every_s = 0.2
             thread = threading.Thread(target=service.run)
@@ -472,7 +431,9 @@ class TestWatchService:
                 wait_until(lambda: "reconcile (inotify queue overflow" in caplog.text, HANG_GUARD, "the rescan's line")
 
                 # the observer dies (as when inotify fails under it): polling takes over, files still arrive
-                service._observer.stop()
+                observer = service.supervisor.observer
+                assert observer is not None
+                observer.stop()
                 wait_until(lambda: service.mode == "polling", HANG_GUARD, "the switch to polling")
                 wait_until(lambda: "switching to polling" in caplog.text, HANG_GUARD, "the switch's warning")
                 photo(lib / "after.jpg", seed=3)

@@ -1,10 +1,10 @@
 """Hardening: the stumbles of a new user, a daemon that waits for its NAS, concurrent writers, a damaged database.
 
 One test (or a few) per point of the hardening issue, each asserting the exit code and the exact sentence or the
-behaviour. Most run in-process with a stand-in model (:func:`fake_loader`: tokens are mean colours, the score their
-mean) so they cost no model load; the concurrency tests run real separate processes (``python -c`` with the same
-stand-in) because the work lock is between processes. No test asserts how long anything took: waits have generous
-deadlines, and where the point is that something is *interrupted*, the work is made to hang until it is.
+behaviour. Most run in-process with a stand-in model (:func:`tests.doubles.fake_loader`: tokens are mean colours,
+the score their mean) so they cost no model load; the concurrency tests run real separate processes (``python -c``
+with the same stand-in) because the work lock is between processes. No test asserts how long anything took: waits
+have generous deadlines, and where the point is that something is *interrupted*, the work is made to hang until it is.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,8 +27,11 @@ import numpy as np
 import pytest
 
 from pmllm_batch.cli.app import COMMAND_MODULES, _subparsers_of, build_parser
+from pmllm_batch.config import Settings, load_config
 from pmllm_batch.db import Store
 from pmllm_batch.errors import DBAccessError, DBUnavailableError
+from tests import doubles
+from tests.doubles import LOADS, SCORE_HOOK, use_fake_models
 from tests.helpers import CLIEnv, wait_until
 from tests.imagegen import make_photo, write_broken_exif_jpeg, write_truncated_jpeg
 
@@ -37,77 +40,12 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A stand-in model (also used by the subprocesses below) and small helpers
+# The stand-in model (tests/doubles.py; also used by the subprocesses below) and small helpers
 # ---------------------------------------------------------------------------------------------------------------------
-
-LOADS: list[int] = []  # one entry per model load in this process
-TOKEN_SHAPE = (3, 1)  # visual tokens per photo: (tokens, width); the full-disk test makes them bigger
-SCORE_HOOK: list[Callable[[], None]] = []  # called at the start of every LM chunk (block, raise, count ...)
-
-
-def fake_loader(settings: Any) -> Any:
-    """A :class:`LoadedModels` with the real interface and no weights: tokens = mean colour, score = their mean."""
-    import torch
-
-    from pmllm_batch.preprocess_cfg import PreprocessCfg
-    from pmllm_batch.scorer.models import LoadedModels
-
-    LOADS.append(1)
-
-    class Vision:
-        graph_id = "fake-vision"
-        preprocess = PreprocessCfg(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-        def encode(self, pixels: np.ndarray) -> np.ndarray:
-            colour = pixels.reshape(len(pixels), 3, -1).mean(-1)  # (B, 3)
-            n, width = TOKEN_SHAPE
-            reps = -(-n * width // 3)
-            flat = np.repeat(colour, reps, axis=1)[:, : n * width]
-            return flat.reshape(len(pixels), n, width).astype(np.float32)
-
-    class Model:
-        cfg = type("Cfg", (), {"demo": False})
-
-        def encode_prefix(self, profile: Any) -> None:
-            return None
-
-        def project(self, features: torch.Tensor) -> torch.Tensor:
-            return features
-
-        def score_cached(self, prefix: Any, visual: torch.Tensor) -> Any:
-            for hook in list(SCORE_HOOK):
-                hook()
-            scores = visual.float().mean(dim=(1, 2))
-            return type("Out", (), {"scores": scores, "probs": torch.full((len(scores), 5), 0.2)})
-
-    return LoadedModels(Model(), Vision(), "fake-fingerprint", "fake")
-
-
-def _fake_cache(settings: Any, idle_s: float | None = None, loader: Any = None) -> Any:
-    from pmllm_batch.scorer.models import ModelCache
-
-    return ModelCache(settings, idle_s=idle_s, loader=fake_loader)
-
-
-def use_fake_models(patch: Callable[[Any, str, Any], None]) -> None:
-    """Make the scorer and the daemon build their model caches with :func:`fake_loader`."""
-    import pmllm_batch.daemon.service as service
-    import pmllm_batch.scorer.batch as batch
-
-    patch(batch, "ModelCache", _fake_cache)
-    patch(service, "ModelCache", _fake_cache)
-
-
-def main_with_fake_models(argv: list[str]) -> int:
-    """``pmllm-batch ARGV`` with the stand-in model, for subprocesses (``python -c``)."""
-    from pmllm_batch.cli import main
-
-    use_fake_models(setattr)
-    return main(argv)
 
 
 @pytest.fixture
-def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def fake_models(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     LOADS.clear()
     SCORE_HOOK.clear()
     use_fake_models(monkeypatch.setattr)
@@ -140,9 +78,8 @@ def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         con.close()
 
 
-def settings_for(env: CLIEnv, **watch: Any) -> Any:
-    from pmllm_batch.config import load_config
-
+def settings_for(env: CLIEnv, **watch: Any) -> Settings:
+    """Real settings for an in-process daemon on ``env``'s database (quick batches, no periodic rescan)."""
     return load_config(overrides={"db": {"url": env.db_url}, "watch": {"debounce": 0.05, "reconcile_interval": 0,
                                                                           **watch}})
 
@@ -484,7 +421,7 @@ def test_a_move_into_a_folder_the_observer_does_not_watch_yet_is_a_move_not_a_mi
     caplog.clear()
     with Store(env.db_url) as store:
         service = WatchService(settings_for(env, settle=0.2), store, [lib], once=True, install_signals=False)
-        service._load_profiles(initial=True)
+        service.profile_set.load(initial=True)
         sub = lib / "sub"
         sub.mkdir()
         service.tracker.touch_dir(str(sub))
@@ -687,7 +624,9 @@ def test_counts_read_as_words(env: CLIEnv, fake_models: list[int], caplog: pytes
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_during_rank_says_what_was_saved(env: CLIEnv, fake_models: list[int]) -> None:
+def test_ctrl_c_during_rank_says_what_was_saved(
+    env: CLIEnv, fake_models: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     lib = env.root / "lib"
     photos(lib, 4)
     assert add_profile(env, "ana")[0] == 0
@@ -699,11 +638,9 @@ def test_ctrl_c_during_rank_says_what_was_saved(env: CLIEnv, fake_models: list[i
             raise KeyboardInterrupt
 
     SCORE_HOOK.append(ctrl_c_on_second_chunk)
-    os.environ["PMLLM_SCORE__BATCH_SIZE"] = "2"
-    try:
-        code, out, err = env.run_cli("rank", str(lib))
-    finally:
-        del os.environ["PMLLM_SCORE__BATCH_SIZE"]
+    monkeypatch.setenv("PMLLM_SCORE__BATCH_SIZE", "2")
+    code, out, err = env.run_cli("rank", str(lib))
+    monkeypatch.delenv("PMLLM_SCORE__BATCH_SIZE")
     assert code == 130 and out == ""
     assert err.strip() == (
         "pmllm-batch: interrupted; the work finished before it is saved (4 photos through vision, 2 (photo, profile) "
@@ -750,7 +687,7 @@ def test_a_jpeg_with_garbage_exif_is_scored_with_a_warning_but_broken_pixels_fai
 
 
 def _fake_cli(env: CLIEnv, *args: str, name: str) -> subprocess.Popen[str]:
-    code = "import sys; from tests.test_hardening import main_with_fake_models; " \
+    code = "import sys; from tests.doubles import main_with_fake_models; " \
            "sys.exit(main_with_fake_models(sys.argv[1:]))"
     child = {**os.environ, "PMLLM_VISION__BATCH_SIZE": "2", "PMLLM_SCORE__BATCH_SIZE": "2", "PYTHONUNBUFFERED": "1"}
     log = open(env.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process below
@@ -786,7 +723,7 @@ def test_two_ranks_and_a_watch_at_once_run_vision_once_per_photo(env: CLIEnv) ->
     assert encoded == n  # every photo through vision exactly once, whoever got there first
     scores = score_rows(env.db_path)
     assert len(scores) == len(set(scores)) == 2 * n
-    assert rows(env.db_path, "SELECT COUNT(*) FROM visual_tokens") == [(n,)]
+    assert rows(env.db_path, "SELECT COUNT(*) FROM features") == [(n,)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -858,7 +795,7 @@ def test_a_full_disk_stops_the_run_with_one_sentence_and_an_intact_database(
             dbapi_conn.execute(f"PRAGMA max_page_count = {pages + 8}")
 
     monkeypatch.setattr(engine, "_install_sqlite_hooks", hooks_with_a_small_disk)
-    monkeypatch.setattr(sys.modules[__name__], "TOKEN_SHAPE", (64, 32))  # ~4 KB of tokens per photo: pages fill up
+    monkeypatch.setattr(doubles, "TOKEN_SHAPE", (64, 32))  # ~4 KB of tokens per photo: pages fill up
     monkeypatch.setenv("PMLLM_VISION__BATCH_SIZE", "2")
     code, out, err = env.run_cli("rank", str(lib))
     assert one_line_error(code, out, err, DBUnavailableError.exit_code) == (
@@ -866,7 +803,7 @@ def test_a_full_disk_stops_the_run_with_one_sentence_and_an_intact_database(
         "everything committed before is kept)."
     )
     assert rows(env.db_path, "PRAGMA integrity_check") == [("ok",)]
-    cached = rows(env.db_path, "SELECT COUNT(*) FROM visual_tokens")[0][0]
+    cached = rows(env.db_path, "SELECT COUNT(*) FROM features")[0][0]
     assert 0 < cached < n  # some batches were committed before the disk filled up, not all
     monkeypatch.setattr(engine, "_install_sqlite_hooks", real_hooks)  # space was freed
     code, out, err = env.run_cli("rank", str(lib), "--json")

@@ -4,7 +4,12 @@
   paths; it never reads a photo or touches the database. Which paths can be photos is the scanner's rule
   (:class:`pmllm_batch.scan.plan.PathFilter`), handed in through the scorer.
 * :mod:`pmllm_batch.daemon.service`: the service loop that turns settled paths into scorer batches, runs the
-  periodic reconcile scan, follows profile changes, unloads idle models and stops cleanly on SIGTERM/SIGINT.
+  periodic reconcile scan, follows profile changes and unloads idle models. Its pieces, one concern each:
+  :mod:`~pmllm_batch.daemon.signals` (stop requests; SIGTERM/SIGINT, the grace timer and its SIGUSR1 abort),
+  :mod:`~pmllm_batch.daemon.observer` (inotify or polling, health checks, re-watching),
+  :mod:`~pmllm_batch.daemon.roots` (absent roots and their back-off), :mod:`~pmllm_batch.daemon.profiles` (which
+  profiles, and what changed), :mod:`~pmllm_batch.daemon.batching` (folder events, moves, ``--once``'s wait for
+  settling files) and :mod:`~pmllm_batch.daemon.batchlog` (the per-batch log line and the run totals).
 """
 
 from __future__ import annotations

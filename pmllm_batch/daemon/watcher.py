@@ -169,7 +169,7 @@ class SettleTracker:
 
         A file moved into a folder that was created a moment earlier can arrive before the observer watches that
         folder: the source side reports a deletion and nothing reports the arrival. The service looks in these
-        folders before it calls a vanished file missing (:meth:`WatchService._process_batch`).
+        folders before it calls a vanished file missing (:func:`pmllm_batch.daemon.batching.arrivals_for_vanished`).
         """
         now = self._clock()
         with self._lock:
@@ -293,7 +293,7 @@ class PhotoEventHandler(FileSystemEventHandler):
             self._file(event.src_path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        dest = getattr(event, "dest_path", "")
+        dest = event.dest_path
         if event.is_directory:
             self._dir(event.src_path)
             self._dir(dest)

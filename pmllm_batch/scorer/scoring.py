@@ -123,7 +123,11 @@ class ProfileScoring:
         for prof in profiles:
             done = self.store.scored_among(prof.id, model.id, order)  # a photo encoded again (its cache evicted)
             todo = [h for h in order if h not in done]
-            if todo:
-                rows = stages.score_tokens(loaded.model, self._prefix(loaded, model, prof), prof.id, todo,
-                                           tokens[[row[h] for h in todo]], int(self.settings.score.batch_size))
+            if not todo:
+                continue
+            prefix = self._prefix(loaded, model, prof)
+            size = int(self.settings.score.batch_size)
+            for i in range(0, len(todo), size):  # one transaction per chunk: Ctrl-C keeps what was scored
+                chunk = todo[i : i + size]
+                rows = stages.score_tokens(loaded.model, prefix, prof.id, chunk, tokens[[row[h] for h in chunk]], size)
                 summary.scored += stages.write_scores(self.store, model.id, rows)
