@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import CLIEnv, isolated_env
+from tests.helpers import CLIEnv, Library, Scored, isolated_env, scored_copy
 
 # Never reach a hub from tests, and never read a developer's real caches.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +37,14 @@ def env(tmp_path: Path) -> Iterator[CLIEnv]:
 def env_vars(env: CLIEnv) -> dict[str, str]:
     """``env``'s HOME and XDG folders as an explicit environment, for code that takes one (``load_config(env=)``)."""
     return env.variables()
+
+
+@pytest.fixture
+def library(scored: Scored, tmp_path: Path) -> Iterator[Library]:
+    """A private copy of the module's ``scored`` library (``tests.helpers.ranked_library``, a module-scoped fixture of
+    the xmp and report tests) that the test may write next to."""
+    with scored_copy(scored, tmp_path) as lib:
+        yield lib
 
 
 @pytest.fixture(scope="session")

@@ -7,19 +7,26 @@ The ``env`` fixture (``tests/conftest.py``) is one of these per test::
 
 Inside ``isolated_env`` ``HOME`` and the ``XDG_*`` folders point into the temp dir and every ``PMLLM_*`` variable
 is removed, so neither a developer's config nor their database can leak in; the default database is
-``env.db_path`` (``$XDG_DATA_HOME/pmllm-batch/library.sqlite``).
+``env.db_path`` (``$XDG_DATA_HOME/pmllm-batch/library.sqlite``). Extra variables for the world (a shared model cache)
+are passed in, so they are restored with the rest.
+
+The xmp and report tests share one kind of library (:func:`ranked_library`, :func:`scored_copy`): ranked once per
+module with the demo model through the CLI, then copied for each test (the ``library`` fixture in conftest).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +35,7 @@ import pytest
 
 from pmllm_batch.db import Store
 from pmllm_batch.log import LOGGER_NAME
+from tests.imagegen import make_photo_folder, write_truncated_jpeg
 
 T = TypeVar("T")
 
@@ -130,8 +138,9 @@ def to_toml(data: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def isolated_env(base: Path) -> Iterator[CLIEnv]:
-    """Point HOME and XDG folders into ``base``, drop ``PMLLM_*`` variables; restore everything on exit."""
+def isolated_env(base: Path, environ: Mapping[str, str] | None = None) -> Iterator[CLIEnv]:
+    """Point HOME and XDG folders into ``base``, drop ``PMLLM_*`` variables, set ``environ`` (e.g.
+    ``{"PMLLM_PATHS__CACHE_DIR": …}``); restore everything on exit."""
     env = CLIEnv(
         root=base,
         home=base / "home",
@@ -148,6 +157,7 @@ def isolated_env(base: Path) -> Iterator[CLIEnv]:
                 del os.environ[name]
         os.environ.update(env.variables())
         os.environ.pop("XDG_STATE_HOME", None)
+        os.environ.update(environ or {})
         yield env
     finally:
         os.environ.clear()
@@ -193,3 +203,86 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{context() if context else ''}")
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A ranked library to write next to (xmp and report tests)
+# ---------------------------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = ("ana", "bernd", "coarse")  # examples/profiles/<name>.toml
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A module's ranked library (read-only)."""
+
+    lib: Path
+    db: Path
+
+
+@dataclass
+class Library:
+    """A test's private copy: its CLI environment and its photo folder."""
+
+    env: CLIEnv
+    lib: Path
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        return self.env.run_cli(*args)
+
+    def xmp(self, *args: str) -> dict:
+        code, out, err = self.run("xmp", *args, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    def ranking(self, profile: str) -> list:
+        with self.env.store() as store:
+            return store.ranking(profile)
+
+
+def make_library(lib: Path) -> None:
+    """10 good photos (several formats, one nested folder) and one truncated file."""
+    make_photo_folder(lib)
+    (lib / "bad").mkdir()
+    write_truncated_jpeg(lib / "bad" / "truncated.jpg")
+
+
+@contextlib.contextmanager
+def ranked_library(base: Path, populate: Callable[[Path], None] = make_library) -> Iterator[Scored]:
+    """``populate(base/library)``, store the three example profiles and rank it with the demo model via the CLI."""
+    with isolated_env(base) as env:
+        lib = base / "library"
+        populate(lib)
+        profiles = [str(REPO / "examples" / "profiles" / f"{name}.toml") for name in PROFILES]
+        code, _, err = env.run_cli("profile", "add", *profiles)
+        assert code == 0, err
+        code, _, err = env.run_cli("rank", str(lib))
+        assert code == 0, err
+        yield Scored(lib=lib, db=env.db_path)
+
+
+@contextlib.contextmanager
+def scored_copy(scored: Scored, base: Path) -> Iterator[Library]:
+    """A copy of a ranked library under ``base``, its database pointing there (the original's rows marked missing),
+    so a test can write next to the photos without touching the module's library."""
+    with isolated_env(base) as env:
+        lib = base / "library"
+        shutil.copytree(scored.lib, lib)
+        env.db_path.parent.mkdir(parents=True, exist_ok=True)
+        for src in scored.db.parent.glob(scored.db.name + "*"):
+            shutil.copy2(src, env.db_path.parent / src.name)
+        with env.store() as store:
+            old = store.photo_index()
+            moved = [
+                dataclasses.replace(rec, path=str(lib / Path(p).relative_to(scored.lib)), root=str(lib))
+                for p, rec in old.items()
+            ]
+            store.upsert_photos(moved)
+            store.mark_missing(list(old))
+        try:
+            yield Library(env=env, lib=lib)
+        finally:
+            for folder in [lib, *lib.rglob("*")]:  # undo read-only folders so the temp dir can be removed
+                if folder.is_dir():
+                    folder.chmod(0o755)

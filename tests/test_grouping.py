@@ -9,7 +9,6 @@ The incremental linking itself is checked on synthetic embeddings through the St
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,8 @@ from PIL import Image
 
 from pmllm_batch.config import GroupSettings
 from pmllm_batch.db import Store
-from pmllm_batch.outputs.grouping import components
-from pmllm_batch.scorer.grouping import Grouper, pooled_embedding
+from pmllm_batch.outputs.bursts import components
+from pmllm_batch.scorer.linking import Grouper, pooled_embedding
 from tests.helpers import CLIEnv, isolated_env
 from tests.imagegen import make_photo
 
@@ -73,8 +72,7 @@ class Ranked:
 @pytest.fixture(scope="module")
 def ranked(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Ranked]:
     base = tmp_path_factory.mktemp("burst")
-    with isolated_env(base) as env:
-        os.environ["PMLLM_PATHS__CACHE_DIR"] = str(model_cache)
+    with isolated_env(base, {"PMLLM_PATHS__CACHE_DIR": str(model_cache)}) as env:
         lib = base / "library"
         make_burst_library(lib)
         for name, fields in PROFILES.items():

@@ -271,3 +271,39 @@ def test_two_ranks_and_a_daemon_on_postgres_run_vision_once_and_survive_kill_9(
                 p.kill()
                 p.wait(timeout=30)
             p.log_file.close()  # type: ignore[attr-defined]
+
+
+def test_a_version_4_visual_tokens_table_becomes_the_features_table_on_postgres(pg: str) -> None:
+    import numpy as np
+    from sqlalchemy import create_engine, inspect, text
+
+    from pmllm_batch.db import Store
+
+    with Store(pg) as store:
+        store.put_features({"ha": np.ones((2, 3), np.float32), "hb": np.zeros((4, 3), np.float32)}, "v")
+    engine = create_engine(pg)
+    try:
+        def names() -> tuple[set[str | None], str | None]:
+            found = inspect(engine)
+            return {i["name"] for i in found.get_indexes("features")}, found.get_pk_constraint("features")["name"]
+
+        fresh = names()
+        with engine.begin() as conn:  # turn it back into what schema version 4 wrote
+            conn.execute(text("DROP INDEX ix_features_used_at"))
+            conn.execute(text("ALTER TABLE features RENAME TO visual_tokens"))
+            conn.execute(text("ALTER TABLE visual_tokens RENAME CONSTRAINT features_pkey TO visual_tokens_pkey"))
+            conn.execute(text("CREATE INDEX ix_visual_tokens_used_at ON visual_tokens (used_at)"))
+            conn.execute(text("DELETE FROM migrations WHERE version > 4"))
+            conn.execute(text("UPDATE meta SET value = '4' WHERE key = 'schema_version'"))
+            before = sorted(conn.execute(text("SELECT * FROM visual_tokens")).all())
+        with Store(pg) as upgraded:
+            assert upgraded.schema_version() == 5
+            assert upgraded.check()[0] == []
+        with engine.connect() as conn:
+            assert sorted(conn.execute(text("SELECT * FROM features")).all()) == before and len(before) == 2
+        assert not inspect(engine).has_table("visual_tokens")
+        assert names() == fresh == ({"ix_features_used_at"}, "features_pkey")
+        with Store(pg) as upgraded:
+            np.testing.assert_array_equal(upgraded.get_features(["ha"], "v")["ha"], np.ones((2, 3), np.float32))
+    finally:
+        engine.dispose()

@@ -1,11 +1,13 @@
 """The gallery report (``pmllm-batch report``): rendered in headless Chromium, links that stay inside the folder,
 EXIF-oriented thumbnails made by the tool, failed files and the demo disclaimer, and bad input.
 
-One library is ranked once per module with the demo model through the CLI; every test works on its own copy.
+One library is ranked once per module with the demo model through the CLI (``scored``); every test works on its own
+copy (``library``, from conftest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -19,10 +21,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from PIL import Image
 
-from pmllm_batch.outputs.report import DEMO_DISCLAIMER, MANIFEST
-from tests.helpers import tree_digest
-from tests.imagegen import orient_for_exif, photo_array
-from tests.test_xmp import PROFILES, Library, Scored, make_library, ranked_library, scored_copy
+from pmllm_batch.db import PhotoRecord, Store
+from pmllm_batch.outputs.report import MANIFEST, build_report, demo_disclaimer
+from pmllm_batch.profiles import Profile
+from tests.helpers import PROFILES, Library, Scored, make_library, ranked_library, tree_digest
+from tests.imagegen import make_photo_folder, orient_for_exif, photo_array
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +49,6 @@ def make_report_library(lib: Path) -> None:
 def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
     with ranked_library(tmp_path_factory.mktemp("report-scored"), make_report_library) as s:
         yield s
-
-
-@pytest.fixture
-def library(scored: Scored, tmp_path: Path) -> Iterator[Library]:
-    with scored_copy(scored, tmp_path) as lib:
-        yield lib
 
 
 def report(library: Library, out: Path, *args: str) -> dict:
@@ -228,11 +225,12 @@ def test_failed_files_and_the_demo_disclaimer_are_shown(library: Library, tmp_pa
     assert [(Path(f["path"]).name, f["reason"]) for f in summary["failures"]] == [("truncated.jpg", "truncated")]
     html = (out / "index.html").read_text(encoding="utf-8")
     text = " ".join("".join(parse(html).text).split())
-    assert DEMO_DISCLAIMER in text
+    assert "Demo model. demo: a tiny model trained on a synthetic task" in text and demo_disclaimer("demo") in text
     assert "Files that could not be read (1)" in text
     bad = library.lib / "bad" / "truncated.jpg"
     assert re.search(rf'<tr><td class="path">{re.escape(str(bad))}</td><td>truncated</td><td>image data is \w', html)
-    assert DEMO_DISCLAIMER in " ".join("".join(parse((out / "person-ana.html").read_text("utf-8")).text).split())
+    person = " ".join("".join(parse((out / "person-ana.html").read_text("utf-8")).text).split())
+    assert demo_disclaimer("demo") in person
 
 
 def test_profiles_and_paths_scope_the_report(library: Library, tmp_path: Path) -> None:
@@ -245,6 +243,48 @@ def test_profiles_and_paths_scope_the_report(library: Library, tmp_path: Path) -
     page = parse((out / "index.html").read_text(encoding="utf-8"))
     assert page.order == ["coarse", "ana"] and page.columns == {"coarse": 2, "ana": 2}
     assert summary["failures"] == []  # the failed file lies outside the scope
+
+
+def _store_scored_by(tmp_path: Path, preset: str, facts: dict[str, bool]) -> Store:
+    """Two photos scored for "ana" by a model registered as ``preset`` with ``facts`` (no model is loaded)."""
+    lib = tmp_path / "lib"
+    made = make_photo_folder(lib)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    records = []
+    for path in sorted(made.values())[:2]:
+        data = path.read_bytes()
+        records.append(PhotoRecord(path=str(path), root=str(lib), content_hash=hashlib.sha256(data).hexdigest(),
+                                   size=len(data), mtime_ns=path.stat().st_mtime_ns))
+    store.upsert_photos(records)
+    pid, _ = store.upsert_profile(Profile(name="ana"), "You are ana.")
+    mid = store.ensure_model(f"fp-{preset}", preset, facts)
+    store.add_scores(mid, [(r.content_hash or "", pid, 3.0 + i, [0.2] * 5) for i, r in enumerate(records)])
+    return store
+
+
+def _page_text(path: Path) -> str:
+    return " ".join("".join(parse(path.read_text(encoding="utf-8")).text).split())
+
+
+def test_the_disclaimer_follows_the_stored_demo_flag_and_names_the_preset(tmp_path: Path) -> None:
+    smol = (
+        "Demo model. smol: a real LLM (SmolLM2-135M-Instruct) with an adapter trained on a synthetic task — scores "
+        "show the mechanism, not anyone's real taste."
+    )
+    with _store_scored_by(tmp_path / "smol", "smol", {"demo": True}) as store:
+        summary = build_report(store, tmp_path / "smol" / "report")
+    assert (summary.demo, summary.preset) == (True, "smol")
+    for page in ("index.html", "person-ana.html"):
+        text = _page_text(tmp_path / "smol" / "report" / page)
+        assert smol in text and demo_disclaimer("smol") in text and "demo: a tiny model" not in text
+    # a model whose config is not a demo gets no disclaimer, whatever its preset is called
+    with _store_scored_by(tmp_path / "real", "demo", {"demo": False}) as store:
+        summary = build_report(store, tmp_path / "real" / "report")
+    assert summary.demo is False and "Demo model." not in _page_text(tmp_path / "real" / "report" / "index.html")
+    # a model registered before the flag was stored: the one demo preset then was "demo"
+    with _store_scored_by(tmp_path / "old", "demo", {}) as store:
+        summary = build_report(store, tmp_path / "old" / "report")
+    assert summary.demo is True and demo_disclaimer("demo") in _page_text(tmp_path / "old" / "report" / "index.html")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

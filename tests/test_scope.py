@@ -65,8 +65,7 @@ def shown(rows: list[dict]) -> list[str]:
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Library]:
     base = tmp_path_factory.mktemp("scope")
-    with isolated_env(base) as env:
-        os.environ["PMLLM_PATHS__CACHE_DIR"] = str(model_cache)
+    with isolated_env(base, {"PMLLM_PATHS__CACHE_DIR": str(model_cache)}) as env:
         env.write_config("[scan]\nmin_side = 24\n")  # the shipped default too, but the tests depend on it
         root = base / "photos"
         for name, (folder, when, mtime) in PHOTOS.items():

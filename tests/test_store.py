@@ -1,4 +1,4 @@
-"""Store: scores, rankings, profiles, visual-token cache, migrations, SQLite settings and concurrency."""
+"""Store: scores, rankings, profiles, the feature cache, migrations, SQLite settings and concurrency."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, text
 
+from pmllm_batch.contracts import PhotoStatus
 from pmllm_batch.db import PhotoRecord, Store, persona_digest
 from pmllm_batch.db import schema as db_schema
 from pmllm_batch.errors import DBAccessError, ProfileError
@@ -228,7 +229,7 @@ def test_mark_missing_keeps_scores_and_a_reappearing_file_ranks_again(store: Sto
     store.add_scores(mid, [("ha", pid, 0.9, [0.9])])
     assert store.mark_missing(["/lib/a.jpg", "/lib/nope.jpg"]) == 1
     assert store.mark_missing(["/lib/a.jpg"]) == 0
-    assert store.photo_index()["/lib/a.jpg"].status == "missing"
+    assert store.photo_index()["/lib/a.jpg"].status is PhotoStatus.MISSING  # records read back carry the enum
     assert store.ranking("alice") == []
     assert store.scored_hashes(pid, mid) == {"ha"}
     # moved: a new path with the same content comes back with its score, no re-scoring needed
@@ -241,27 +242,37 @@ def test_upsert_rejects_unknown_status(store: Store) -> None:
         store.upsert_photos([photo("/lib/a.jpg", "h", status="weird")])
 
 
+def test_the_current_model_carries_its_stored_demo_flag(store: Store) -> None:
+    assert store.current_model() is None
+    seeded(store)  # registered as preset "demo" without a flag (as before the flag was stored): a demo
+    assert store.current_model() == {"id": 1, "fingerprint": "fp-1", "preset": "demo", "demo": True}
+    store.ensure_model("fp-smol", "smol", {"demo": True})
+    assert store.current_model() == {"id": 2, "fingerprint": "fp-smol", "preset": "smol", "demo": True}
+    store.ensure_model("fp-real", "paper", {"demo": False})
+    assert store.status()["current_model"] == {"id": 3, "fingerprint": "fp-real", "preset": "paper", "demo": False}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Visual-token cache
+# Feature cache
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_visual_tokens_round_trip_through_float16(store: Store) -> None:
+def test_features_round_trip_through_float16(store: Store) -> None:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 8)).astype(np.float32)
     b = rng.standard_normal((2, 3, 4)).astype(np.float32)
-    store.put_visual_tokens({"ha": a, "hb": b}, "vision-1")
-    got = store.get_visual_tokens(["ha", "hb", "hz"], "vision-1")
+    store.put_features({"ha": a, "hb": b}, "vision-1")
+    got = store.get_features(["ha", "hb", "hz"], "vision-1")
     assert set(got) == {"ha", "hb"}
     assert got["ha"].dtype == np.float32 and got["ha"].shape == (5, 8) and got["hb"].shape == (2, 3, 4)
     np.testing.assert_array_equal(got["ha"], a.astype(np.float16).astype(np.float32))
     np.testing.assert_allclose(got["hb"], b, rtol=1e-3, atol=1e-3)
-    assert store.get_visual_tokens(["ha"], "vision-2") == {}
-    assert store.visual_cache_bytes() == (2, (5 * 8 + 2 * 3 * 4) * 2)
+    assert store.get_features(["ha"], "vision-2") == {}
+    assert store.feature_cache_bytes() == (2, (5 * 8 + 2 * 3 * 4) * 2)
     # idempotent: a second put of the same key changes nothing
-    store.put_visual_tokens({"ha": np.zeros((5, 8), np.float32)}, "vision-1")
-    assert store.visual_cache_bytes() == (2, (5 * 8 + 2 * 3 * 4) * 2)
-    np.testing.assert_array_equal(store.get_visual_tokens(["ha"], "vision-1")["ha"], got["ha"])
+    store.put_features({"ha": np.zeros((5, 8), np.float32)}, "vision-1")
+    assert store.feature_cache_bytes() == (2, (5 * 8 + 2 * 3 * 4) * 2)
+    np.testing.assert_array_equal(store.get_features(["ha"], "vision-1")["ha"], got["ha"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -276,7 +287,7 @@ def test_status_reports_counts_failures_and_last_run(store: Store, db_path: Path
     )
     store.mark_missing(["/lib/c.jpg"])
     store.add_scores(mid, [("ha", pid, 0.9, [0.9])])
-    store.put_visual_tokens({"ha": np.ones((2, 2), np.float32)}, "v")
+    store.put_features({"ha": np.ones((2, 2), np.float32)}, "v")
     run_id = store.start_run("scan", {"roots": ["/lib"]})
     assert store.status()["last_run"]["status"] == "running"
     store.finish_run(run_id, "ok", {"scanned": 5})
@@ -294,39 +305,106 @@ def test_status_reports_counts_failures_and_last_run(store: Store, db_path: Path
 
 def test_the_byte_budget_evicts_the_least_recently_used_entries_and_counts_them(store: Store) -> None:
     tokens = {h: np.full((10, 40), i, np.float32) for i, h in enumerate(["ha", "hb", "hc", "hd"])}  # 800 B each
-    assert store.put_visual_tokens({"ha": tokens["ha"]}, "v", budget_bytes=2000) == 0
-    assert store.put_visual_tokens({"hb": tokens["hb"]}, "v", budget_bytes=2000) == 0
-    assert set(store.get_visual_tokens(["ha"], "v")) == {"ha"}  # read: "ha" is now used more recently than "hb"
-    assert store.put_visual_tokens({"hc": tokens["hc"]}, "v", budget_bytes=2000) == 1
+    assert store.put_features({"ha": tokens["ha"]}, "v", budget_bytes=2000) == 0
+    assert store.put_features({"hb": tokens["hb"]}, "v", budget_bytes=2000) == 0
+    assert set(store.get_features(["ha"], "v")) == {"ha"}  # read: "ha" is now used more recently than "hb"
+    assert store.put_features({"hc": tokens["hc"]}, "v", budget_bytes=2000) == 1
     assert store.cached_hashes(["ha", "hb", "hc"], "v") == {"ha", "hc"}
-    assert store.visual_cache_bytes() == (2, 1600)
+    assert store.feature_cache_bytes() == (2, 1600)
     # a batch larger than the budget keeps only what fits, newest last in, oldest out first
-    assert store.put_visual_tokens({"hd": tokens["hd"]}, "v", budget_bytes=800) == 2
+    assert store.put_features({"hd": tokens["hd"]}, "v", budget_bytes=800) == 2
     assert store.cached_hashes(["ha", "hb", "hc", "hd"], "v") == {"hd"}
-    np.testing.assert_array_equal(store.get_visual_tokens(["hd"], "v")["hd"], tokens["hd"])
+    np.testing.assert_array_equal(store.get_features(["hd"], "v")["hd"], tokens["hd"])
     assert store.status()["visual_cache"] == {"entries": 1, "bytes": 800, "evicted": 3}
     # no budget: nothing goes
-    assert store.put_visual_tokens({"ha": tokens["ha"], "hb": tokens["hb"]}, "v") == 0
-    assert store.visual_cache_bytes() == (3, 2400)
+    assert store.put_features({"ha": tokens["ha"], "hb": tokens["hb"]}, "v") == 0
+    assert store.feature_cache_bytes() == (3, 2400)
+
+
+def _as_version(db_path: Path, version: int, *sql: str) -> None:
+    """Turn a current database back into what schema ``version`` wrote: ``sql``, then forget the later migrations."""
+    con = sqlite3.connect(db_path)
+    for statement in sql:
+        con.execute(statement)
+    con.execute("DELETE FROM migrations WHERE version > ?", (version,))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    con.commit()
+    con.close()
+
+
+# Schema 5 renamed the feature cache's table: before it, it was visual_tokens.
+TO_VISUAL_TOKENS = ("DROP INDEX ix_features_used_at", "ALTER TABLE features RENAME TO visual_tokens",
+                    "CREATE INDEX ix_visual_tokens_used_at ON visual_tokens (used_at)")
+
+
+def _tables_and_indexes(db_path: Path) -> set[tuple[str, str]]:
+    con = sqlite3.connect(db_path)
+    try:
+        return set(con.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+    finally:
+        con.close()
 
 
 def test_a_version_3_cache_gains_the_budget_columns_and_keeps_its_entries(store: Store, db_path: Path) -> None:
-    store.put_visual_tokens({"ha": np.ones((4, 4), np.float32)}, "v")
+    store.put_features({"ha": np.ones((4, 4), np.float32)}, "v")
     store.close()
-    con = sqlite3.connect(db_path)  # turn it back into what schema version 3 wrote
-    con.execute("DROP INDEX ix_visual_tokens_used_at")
-    con.execute("ALTER TABLE visual_tokens DROP COLUMN nbytes")
-    con.execute("ALTER TABLE visual_tokens DROP COLUMN used_at")
-    con.execute("DELETE FROM migrations WHERE name = '0004_visual_cache_budget'")
-    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    _as_version(db_path, 3, *TO_VISUAL_TOKENS, "DROP INDEX ix_visual_tokens_used_at",
+                "ALTER TABLE visual_tokens DROP COLUMN nbytes", "ALTER TABLE visual_tokens DROP COLUMN used_at")
     with Store(f"sqlite:///{db_path}") as upgraded:
         assert upgraded.schema_version() == db_schema.latest_version()
-        np.testing.assert_array_equal(upgraded.get_visual_tokens(["ha"], "v")["ha"], np.ones((4, 4), np.float32))
+        np.testing.assert_array_equal(upgraded.get_features(["ha"], "v")["ha"], np.ones((4, 4), np.float32))
         # the old entry is sized, so the budget counts it
-        assert upgraded.put_visual_tokens({"hb": np.ones((4, 4), np.float32)}, "v", budget_bytes=32) == 1
+        assert upgraded.put_features({"hb": np.ones((4, 4), np.float32)}, "v", budget_bytes=32) == 1
         assert upgraded.cached_hashes(["ha", "hb"], "v") == {"hb"}
+
+
+def test_a_version_4_visual_tokens_table_becomes_the_features_table_with_its_rows(store: Store, db_path: Path) -> None:
+    fresh = _tables_and_indexes(db_path)
+    cached = {h: np.full((3, 8), i, np.float32) for i, h in enumerate(["ha", "hb", "hc"])}
+    store.put_features(cached, "vision-1")
+    store.put_features({"ha": np.zeros((2, 8), np.float32)}, "vision-2")
+    store.get_features(["hb"], "vision-1")  # hb becomes the most recently used entry
+    store.close()
+    _as_version(db_path, 4, *TO_VISUAL_TOKENS)
+    con = sqlite3.connect(db_path)
+    before = con.execute("SELECT * FROM visual_tokens ORDER BY content_hash, vision_id").fetchall()
+    con.close()
+    assert len(before) == 4
+    with Store(f"sqlite:///{db_path}") as upgraded:
+        assert upgraded.schema_version() == db_schema.latest_version() == 5
+    # every column of every row kept (the LRU times too), under the same table and index names a new database has
+    con = sqlite3.connect(db_path)
+    try:
+        assert con.execute("SELECT * FROM features ORDER BY content_hash, vision_id").fetchall() == before
+        assert con.execute("SELECT name FROM migrations WHERE version = 5").fetchall() == [("0005_features_table",)]
+    finally:
+        con.close()
+    assert _tables_and_indexes(db_path) == fresh
+    assert len(list(db_path.parent.glob("library.sqlite.v4-*.bak"))) == 1
+    with Store(f"sqlite:///{db_path}") as upgraded:
+        assert upgraded.feature_cache_bytes() == (4, (3 * 3 * 8 + 2 * 8) * 2)
+        got = upgraded.get_features(["ha", "hb", "hc"], "vision-1")
+        assert sorted(got) == ["ha", "hb", "hc"]
+        for h, arr in cached.items():
+            np.testing.assert_array_equal(got[h], arr)
+        np.testing.assert_array_equal(upgraded.get_features(["ha"], "vision-2")["ha"], np.zeros((2, 8), np.float32))
+        assert upgraded.check()[0] == []
+    assert len(list(db_path.parent.glob("library.sqlite.v*.bak"))) == 1  # the migration ran once
+
+
+def test_the_features_migration_merges_a_visual_tokens_table_left_beside_a_features_table(
+    store: Store, db_path: Path
+) -> None:
+    store.put_features({"ha": np.ones((2, 2), np.float32)}, "v")
+    store.close()
+    # an old visual_tokens table next to the new one (e.g. a rename that a backend without transactional DDL left
+    # half done): its entries missing from features are kept, then it goes
+    _as_version(db_path, 4, "CREATE TABLE visual_tokens AS SELECT * FROM features",
+                "UPDATE visual_tokens SET content_hash = 'hb'", "INSERT INTO visual_tokens SELECT * FROM features")
+    with Store(f"sqlite:///{db_path}") as upgraded:
+        assert upgraded.cached_hashes(["ha", "hb"], "v") == {"ha", "hb"}
+        assert upgraded.feature_cache_bytes() == (2, 16)
+    assert ("table", "visual_tokens") not in _tables_and_indexes(db_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,33 +1,30 @@
 """XMP sidecars (``pmllm-batch xmp``): stars, keywords and scores next to the photos, read back with exiv2 and with
 exiftool as an independent reader; merging with what is there, user ratings, byte-stable re-runs and bad input.
 
-One library is ranked once per module with the demo model through the CLI; every test works on its own copy.
+One library is ranked once per module with the demo model through the CLI (``scored``); every test works on its own
+copy (``library``, from conftest).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pmllm_batch.config import Settings, XmpSettings
 from pmllm_batch.outputs.xmp import refresh_sidecars
-from tests.helpers import CLIEnv, isolated_env, tree_digest
-from tests.imagegen import make_photo_folder, write_truncated_jpeg
+from tests.helpers import PROFILES, REPO, CLIEnv, Library, Scored, ranked_library, tree_digest
+from tests.imagegen import make_photo_folder
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILES = ("ana", "bernd", "coarse")
 # 10 photos with the default 10/20/40/20/10 % shares: exactly 1, 2, 4, 2, 1 photos with 5 … 1 stars, by rank.
 EXPECTED_STARS = [5, 4, 4, 3, 3, 3, 3, 2, 2, 1]
 EXIFTOOL = shutil.which("exiftool")
@@ -55,91 +52,10 @@ USER_SIDECAR = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-@dataclass(frozen=True)
-class Scored:
-    """The module's ranked library (read-only)."""
-
-    lib: Path
-    db: Path
-
-
-@dataclass
-class Library:
-    """A test's private copy: its CLI environment and its photo folder."""
-
-    env: CLIEnv
-    lib: Path
-
-    def run(self, *args: str) -> tuple[int, str, str]:
-        return self.env.run_cli(*args)
-
-    def xmp(self, *args: str) -> dict:
-        code, out, err = self.run("xmp", *args, "--json")
-        assert code == 0, err
-        return json.loads(out)
-
-    def ranking(self, profile: str) -> list:
-        with self.env.store() as store:
-            return store.ranking(profile)
-
-
-def make_library(lib: Path) -> None:
-    """10 good photos (several formats, one nested folder) and one truncated file."""
-    make_photo_folder(lib)
-    (lib / "bad").mkdir()
-    write_truncated_jpeg(lib / "bad" / "truncated.jpg")
-
-
-@contextlib.contextmanager
-def ranked_library(base: Path, populate: Callable[[Path], None] = make_library) -> Iterator[Scored]:
-    """``populate(base/library)``, store the three example profiles and rank it with the demo model via the CLI."""
-    with isolated_env(base) as env:
-        lib = base / "library"
-        populate(lib)
-        profiles = [str(REPO / "examples" / "profiles" / f"{name}.toml") for name in PROFILES]
-        code, _, err = env.run_cli("profile", "add", *profiles)
-        assert code == 0, err
-        code, _, err = env.run_cli("rank", str(lib))
-        assert code == 0, err
-        yield Scored(lib=lib, db=env.db_path)
-
-
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scored]:
     with ranked_library(tmp_path_factory.mktemp("xmp-scored")) as s:
         yield s
-
-
-@contextlib.contextmanager
-def scored_copy(scored: Scored, base: Path) -> Iterator[Library]:
-    """A copy of a ranked library under ``base``, its database pointing there (the original's rows marked missing),
-    so a test can write next to the photos without touching the module's library. Also used by test_report."""
-    with isolated_env(base) as env:
-        lib = base / "library"
-        shutil.copytree(scored.lib, lib)
-        env.db_path.parent.mkdir(parents=True, exist_ok=True)
-        for src in scored.db.parent.glob(scored.db.name + "*"):
-            shutil.copy2(src, env.db_path.parent / src.name)
-        with env.store() as store:
-            old = store.photo_index()
-            moved = [
-                dataclasses.replace(rec, path=str(lib / Path(p).relative_to(scored.lib)), root=str(lib))
-                for p, rec in old.items()
-            ]
-            store.upsert_photos(moved)
-            store.mark_missing(list(old))
-        try:
-            yield Library(env=env, lib=lib)
-        finally:
-            for folder in [lib, *lib.rglob("*")]:  # undo read-only folders so the temp dir can be removed
-                if folder.is_dir():
-                    folder.chmod(0o755)
-
-
-@pytest.fixture
-def library(scored: Scored, tmp_path: Path) -> Iterator[Library]:
-    with scored_copy(scored, tmp_path) as lib:
-        yield lib
 
 
 def photos_of(lib: Path) -> dict[str, str]:

@@ -51,7 +51,7 @@ def problems(s: Session) -> list[str]:
         found.append(f"the current model (id {current}) does not exist")
     odd = s.execute(select(func.count()).select_from(Photo).where(~Photo.status.in_(PHOTO_STATUSES))).scalar_one()
     if odd:
-        found.append(f"{odd} photos have a status other than {', '.join(PHOTO_STATUSES)}")
+        found.append(f"{odd} photos have a status other than {', '.join(st.value for st in PHOTO_STATUSES)}")
     return found
 
 

@@ -37,7 +37,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
@@ -205,7 +204,7 @@ class Database:
             if memory:
                 # One shared connection, or every pooled connection would see its own empty database.
                 poolclass = StaticPool
-        extra: dict[str, Any] = {}
+        extra: dict[str, Callable[[], sqlite3.Connection]] = {}
         if self.read_only and self.sqlite_path is not None:
             uri = _read_only_uri(self.sqlite_path)
             timeout = BUSY_TIMEOUT_MS / 1000
@@ -388,7 +387,8 @@ class _SharedLock:
         self.cond = threading.Condition()
         self.owner: int | None = None
         self.count = 0
-        self.handle: Any = None  # an fd (flock) or a connection (PostgreSQL advisory lock) while held
+        # While held: an fd (flock) or a connection (PostgreSQL advisory lock).
+        self.handle: int | Connection | None = None
 
 
 _SHARED_LOCKS: dict[str, _SharedLock] = {}

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pmllm_batch.db import meta
+from pmllm_batch.db.records import ModelInfo, RecipeModel
 from pmllm_batch.db.schema import META_CURRENT_MODEL, ModelRow, utcnow
 
 
@@ -44,6 +45,14 @@ def _meta(row: ModelRow) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
+def _info(row: ModelRow, meta_data: Mapping[str, object]) -> ModelInfo:
+    # The demo flag as the scorer recorded it ({"demo": …} in the model's facts); rows from before it was recorded
+    # only had the preset to tell, and the one demo preset then was "demo".
+    flag = meta_data.get("demo")
+    demo = flag if isinstance(flag, bool) else row.preset == "demo"
+    return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset, "demo": demo}
+
+
 def remember_recipe(s: Session, model_id: int, recipe: str, facts: Mapping[str, object]) -> None:
     """Record that settings with this ``recipe`` load model ``model_id`` (and only it), with ``facts`` it needs
     without loading (the vision graph id, whether it is the demo)."""
@@ -62,13 +71,17 @@ def remember_recipe(s: Session, model_id: int, recipe: str, facts: Mapping[str, 
         row.meta_json = json.dumps(meta_data, sort_keys=True, default=str)
 
 
-def by_recipe(s: Session, recipe: str) -> dict[str, object] | None:
-    """{"id", "fingerprint", "preset", **facts} of the model these settings load, when it was loaded before."""
+def by_recipe(s: Session, recipe: str) -> RecipeModel | None:
+    """The model these settings load (with its vision graph, when recorded), when it was loaded before."""
     for row in s.scalars(select(ModelRow).order_by(ModelRow.id.desc())):
         meta_data = _meta(row)
         listed = meta_data.get("recipes")
         if isinstance(listed, list) and recipe in listed:
-            return {**meta_data, "id": row.id, "fingerprint": row.fingerprint, "preset": row.preset}
+            found = RecipeModel(**_info(row, meta_data))
+            vision_id = meta_data.get("vision_id")
+            if isinstance(vision_id, str):
+                found["vision_id"] = vision_id
+            return found
     return None
 
 
@@ -84,12 +97,12 @@ def current_id(s: Session) -> int | None:
     return int(raw) if raw else None
 
 
-def describe(s: Session, model_id: int | None) -> dict[str, int | str] | None:
-    """{"id", "fingerprint", "preset"} of a model, or None when there is no such model."""
+def describe(s: Session, model_id: int | None) -> ModelInfo | None:
+    """{"id", "fingerprint", "preset", "demo"} of a model, or None when there is no such model."""
     row = s.get(ModelRow, model_id) if model_id is not None else None
     if row is None:
         return None
-    return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset}
+    return _info(row, _meta(row))
 
 
 def count(s: Session) -> int:

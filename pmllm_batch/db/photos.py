@@ -8,14 +8,17 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from pmllm_batch.db.records import PHOTO_RECORD_FIELDS, PhotoRecord
+from pmllm_batch.contracts import PhotoStatus
+from pmllm_batch.db.records import PHOTO_RECORD_FIELDS, FailedPhoto, PhotoRecord
 from pmllm_batch.db.schema import PHOTO_STATUSES, Photo, utcnow
 from pmllm_batch.db.sql import chunks
 
 
-def index(s: Session, roots: Sequence[str] | None, statuses: Sequence[str] | None = None) -> dict[str, PhotoRecord]:
+def index(
+    s: Session, roots: Sequence[str] | None, statuses: Sequence[PhotoStatus] | None = None
+) -> dict[str, PhotoRecord]:
     """All photo rows by path; only those under ``roots`` (as stored) unless it is None, only with one of
-    ``statuses`` unless it is None."""
+    ``statuses`` unless it is None. Each record's ``status`` is a :class:`PhotoStatus`."""
     stmt = select(*[getattr(Photo, name) for name in PHOTO_RECORD_FIELDS])
     if roots is not None:
         stmt = stmt.where(Photo.root.in_(list(roots)))
@@ -25,10 +28,11 @@ def index(s: Session, roots: Sequence[str] | None, statuses: Sequence[str] | Non
 
 
 def check_statuses(records: Sequence[PhotoRecord]) -> None:
-    """Raise ValueError on a record whose status is not one of PHOTO_STATUSES (before any write)."""
+    """Raise ValueError on a record whose status is not a :class:`PhotoStatus` value (before any write)."""
     for rec in records:
         if rec.status not in PHOTO_STATUSES:
-            raise ValueError(f"photo status must be one of {PHOTO_STATUSES}, got {rec.status!r}")
+            known = tuple(st.value for st in PHOTO_STATUSES)
+            raise ValueError(f"photo status must be one of {known}, got {rec.status!r}")
 
 
 def upsert(s: Session, records: Sequence[PhotoRecord]) -> None:
@@ -66,8 +70,8 @@ def mark_missing(s: Session, paths: Sequence[str]) -> int:
     for chunk in chunks(paths):
         stmt = (
             update(Photo)
-            .where(Photo.path.in_(list(chunk)), Photo.status != "missing")
-            .values(status="missing", updated_at=now)
+            .where(Photo.path.in_(list(chunk)), Photo.status != PhotoStatus.MISSING)
+            .values(status=PhotoStatus.MISSING, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         changed += max(s.execute(stmt).rowcount, 0)  # type: ignore[attr-defined]
@@ -90,13 +94,13 @@ def resolve_gone(s: Session, gone: Sequence[str], arrived: Sequence[str]) -> tup
     now = utcnow()
     pool: dict[str, int] = {}  # hash -> arrived ok paths not yet paired with a gone one
     for row in _rows(s, arrived):
-        if row.status == "ok" and row.content_hash:
+        if row.status == PhotoStatus.OK and row.content_hash:
             pool[row.content_hash] = pool.get(row.content_hash, 0) + 1
     missing = moved = moved_in = 0
     to_delete: list[int] = []
     unpaired: list[Photo] = []
     for row in _rows(s, gone):
-        if row.status == "missing":
+        if row.status == PhotoStatus.MISSING:
             continue
         h = row.content_hash
         if h and pool.get(h):
@@ -111,7 +115,7 @@ def resolve_gone(s: Session, gone: Sequence[str], arrived: Sequence[str]) -> tup
     elsewhere: dict[str, list[datetime]] = {}
     for chunk in chunks(sorted({r.content_hash for r in unpaired if r.content_hash})):
         found = select(Photo.content_hash, Photo.path, Photo.first_seen).where(
-            Photo.content_hash.in_(list(chunk)), Photo.status == "ok"
+            Photo.content_hash.in_(list(chunk)), Photo.status == PhotoStatus.OK
         )
         for h, path, first_seen in s.execute(found):
             if h and path not in gone_set:
@@ -122,14 +126,14 @@ def resolve_gone(s: Session, gone: Sequence[str], arrived: Sequence[str]) -> tup
             moved += 1  # it turned up at another path after this one was last written: a move
             to_delete.append(row.id)
         else:
-            row.status, row.updated_at = "missing", now
+            row.status, row.updated_at = PhotoStatus.MISSING, now
             missing += 1
     s.flush()
     # Moves whose first half an earlier scan already saw (the file left, then turned up elsewhere).
     leftover = [h for h, n in pool.items() if n > 0]
     arrived_set = set(arrived)
     for chunk in chunks(leftover):
-        stmt = select(Photo).where(Photo.content_hash.in_(list(chunk)), Photo.status == "missing")
+        stmt = select(Photo).where(Photo.content_hash.in_(list(chunk)), Photo.status == PhotoStatus.MISSING)
         for row in s.scalars(stmt):
             h = row.content_hash or ""
             if row.path in arrived_set or not pool.get(h):
@@ -147,10 +151,10 @@ def forget_moved_missing(s: Session, roots: Sequence[str]) -> int:
     """Delete "missing" rows under ``roots`` whose content lives on at an "ok" path (moves recorded as losses by
     older versions, or whose arrival was never paired); their scores are keyed by content and stay. Returns how
     many."""
-    ok = select(Photo.content_hash).where(Photo.status == "ok", Photo.content_hash.is_not(None))
+    ok = select(Photo.content_hash).where(Photo.status == PhotoStatus.OK, Photo.content_hash.is_not(None))
     stmt = (
         delete(Photo)
-        .where(Photo.status == "missing", Photo.root.in_(list(roots)), Photo.content_hash.in_(ok))
+        .where(Photo.status == PhotoStatus.MISSING, Photo.root.in_(list(roots)), Photo.content_hash.in_(ok))
         .execution_options(synchronize_session=False)
     )
     return max(s.execute(stmt).rowcount, 0)  # type: ignore[attr-defined]
@@ -167,7 +171,9 @@ def paths_by_hash(s: Session, hashes: Sequence[str]) -> dict[str, list[str]]:
     """Paths of "ok" photos for each content hash (sorted; hashes with no ok photo are absent)."""
     out: dict[str, list[str]] = {}
     for chunk in chunks(list(dict.fromkeys(hashes))):
-        stmt = select(Photo.content_hash, Photo.path).where(Photo.content_hash.in_(list(chunk)), Photo.status == "ok")
+        stmt = select(Photo.content_hash, Photo.path).where(
+            Photo.content_hash.in_(list(chunk)), Photo.status == PhotoStatus.OK
+        )
         for h, path in s.execute(stmt):
             out.setdefault(str(h), []).append(path)
     return {h: sorted(paths) for h, paths in out.items()}
@@ -177,7 +183,7 @@ def ok_hashes(s: Session) -> list[str]:
     """Distinct content hashes of photos with status "ok", sorted."""
     stmt = (
         select(Photo.content_hash)
-        .where(Photo.status == "ok", Photo.content_hash.is_not(None))
+        .where(Photo.status == PhotoStatus.OK, Photo.content_hash.is_not(None))
         .distinct()
         .order_by(Photo.content_hash)
     )
@@ -189,15 +195,15 @@ def roots(s: Session) -> list[str]:
     return sorted(s.scalars(select(Photo.root).distinct()))
 
 
-def count_by_status(s: Session) -> dict[str, int]:
+def count_by_status(s: Session) -> dict[PhotoStatus, int]:
     """Status -> number of rows: "ok", "failed" and "missing" always (0 when none), "skipped" when there are any."""
-    counts = dict.fromkeys((st for st in PHOTO_STATUSES if st != "skipped"), 0)
+    counts: dict[PhotoStatus, int] = dict.fromkeys((st for st in PHOTO_STATUSES if st != PhotoStatus.SKIPPED), 0)
     for status, n in s.execute(select(Photo.status, func.count()).group_by(Photo.status)):
         counts[status] = int(n)
     return counts
 
 
-def failures(s: Session) -> list[dict[str, str | None]]:
+def failures(s: Session) -> list[FailedPhoto]:
     """Every failed photo by path: {"path", "reason", "message"}."""
-    stmt = select(Photo.path, Photo.error_reason, Photo.error_message).where(Photo.status == "failed")
+    stmt = select(Photo.path, Photo.error_reason, Photo.error_message).where(Photo.status == PhotoStatus.FAILED)
     return [{"path": p, "reason": r, "message": m} for p, r, m in s.execute(stmt.order_by(Photo.path))]

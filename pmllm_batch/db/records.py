@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import TypedDict
 
-from pmllm_batch.contracts import PhotoRecord
+from pmllm_batch.contracts import JSON, PhotoRecord
 from pmllm_batch.profiles import Profile
 
 # The ``photos`` columns a PhotoRecord carries (every one but the bookkeeping times).
@@ -39,3 +40,49 @@ class ProfileRow:
     persona: str
     persona_hash: str
     updated_at: datetime  # naive UTC
+
+
+class ModelInfo(TypedDict):
+    """A registered model, as ``status`` and the outputs name it."""
+
+    id: int
+    fingerprint: str
+    preset: str  # the preset's name ("demo", "smol", …) or a preset file's
+    demo: bool  # the model config's demo flag: its scores show the mechanism, not anyone's real taste
+
+
+class RecipeModel(ModelInfo, total=False):
+    """The model some settings loaded before (``Store.model_for_recipe``), with the facts remembered without loading."""
+
+    vision_id: str  # its vision graph (the feature cache's key); absent when it was never recorded
+
+
+class FailedPhoto(TypedDict):
+    """A photo whose pixels could not be read (``status`` failed)."""
+
+    path: str
+    reason: str | None  # a FailReason value
+    message: str | None  # one human sentence
+
+
+class RunningRun(TypedDict):
+    """A run another live process has open (for "waiting for …" messages)."""
+
+    id: int
+    kind: str
+    pid: int | None
+    host: str | None
+
+
+class RunInfo(TypedDict):
+    """A run as ``status`` shows it (JSON-able)."""
+
+    id: int
+    kind: str
+    status: str  # "running", "ok", "interrupted" or "failed"
+    pid: int | None
+    host: str | None
+    started_at: str | None  # ISO 8601, UTC ("…Z")
+    finished_at: str | None
+    args: JSON
+    summary: JSON

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pmllm_batch.db.records import RunInfo, RunningRun
 from pmllm_batch.db.schema import Run, utcnow
 
 FINISHED_RUN_STATUSES = ("ok", "interrupted", "failed")
@@ -81,7 +82,7 @@ def finish(s: Session, run_id: int, status: str, summary: Mapping[str, object]) 
     run.summary_json = json.dumps(summary, sort_keys=True, default=str)
 
 
-def _as_dict(run: Run) -> dict[str, object]:
+def _as_dict(run: Run) -> RunInfo:
     status, summary = run.status, json.loads(run.summary_json) if run.summary_json else None
     if reason := _abandoned(run, socket.gethostname()):  # reported only; the next run on this host records it
         status, summary = "interrupted", {"reason": reason}
@@ -98,16 +99,16 @@ def _as_dict(run: Run) -> dict[str, object]:
     }
 
 
-def last(s: Session) -> dict[str, object] | None:
+def last(s: Session) -> RunInfo | None:
     """The newest run as a JSON-able dict (an abandoned one reads as interrupted), or None before any run."""
     run = s.scalar(select(Run).order_by(Run.id.desc()).limit(1))
     return _as_dict(run) if run is not None else None
 
 
-def others_running(s: Session) -> list[dict[str, object]]:
+def others_running(s: Session) -> list[RunningRun]:
     """Runs marked "running" by another process that may still be alive (for "waiting for ..." messages)."""
     host, me = socket.gethostname(), os.getpid()
-    out = []
+    out: list[RunningRun] = []
     for run in s.scalars(select(Run).where(Run.status == "running").order_by(Run.id)):
         if (run.host == host and run.pid == me) or _abandoned(run, host):
             continue

@@ -1,6 +1,6 @@
 """Database schema (SQLAlchemy 2.x typed ORM) and its named, recorded migrations.
 
-Identity of a photo's *content* is its content hash, not its path: scores and cached visual tokens
+Identity of a photo's *content* is its content hash, not its path: scores and cached tower features
 are keyed by hash, so a moved or renamed file keeps its scores, and two identical files are scored
 once. Photos themselves are keyed by path (two identical files at two paths are two rows).
 
@@ -20,6 +20,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     DateTime,
+    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -27,21 +28,27 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     inspect,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# "skipped": a photo that is never ranked, with a reason (too_small, raw_pair: see pmllm_batch.scan.skip).
-PHOTO_STATUSES = ("ok", "failed", "missing", "skipped")
+from pmllm_batch.contracts import PhotoStatus
+
+# In this order in messages and counts. "skipped": a photo that is never ranked, with a SkipReason (too_small,
+# raw_pair: see pmllm_batch.scan.skip).
+PHOTO_STATUSES: tuple[PhotoStatus, ...] = (
+    PhotoStatus.OK, PhotoStatus.FAILED, PhotoStatus.MISSING, PhotoStatus.SKIPPED,
+)
 RUN_STATUSES = ("running", "ok", "interrupted", "failed")
 
 # Keys of the ``meta`` table.
 META_SCHEMA_VERSION = "schema_version"
 META_PROFILES_VERSION = "profiles_version"  # bumped by every profile add/change/remove (the daemon polls it)
 META_CURRENT_MODEL = "current_model_id"  # the model whose scores rankings read
-META_CACHE_EVICTED = "visual_cache_evicted"  # visual-token entries evicted by the byte budget, ever
+META_CACHE_EVICTED = "visual_cache_evicted"  # feature-cache entries evicted by the byte budget, ever (key as stored)
 
 
 def utcnow() -> datetime:
@@ -51,6 +58,19 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
+
+
+class PhotoStatusType(TypeDecorator[PhotoStatus]):
+    """``photos.status``: stored as its plain string (``VARCHAR(16)``), read back as a :class:`PhotoStatus`."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: PhotoStatus | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else PhotoStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> PhotoStatus | None:
+        return None if value is None else PhotoStatus(value)
 
 
 class Meta(Base):
@@ -91,8 +111,9 @@ class Photo(Base):
     camera_make: Mapped[str | None] = mapped_column(Text)
     camera_model: Mapped[str | None] = mapped_column(Text)
     orientation: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="ok", index=True)  # one of PHOTO_STATUSES
-    error_reason: Mapped[str | None] = mapped_column(String(64))  # short machine reason, e.g. "truncated"
+    status: Mapped[PhotoStatus] = mapped_column(PhotoStatusType(), default=PhotoStatus.OK, index=True)
+    # A FailReason (status failed) or a SkipReason (status skipped), e.g. "truncated"; None otherwise.
+    error_reason: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)  # one human sentence
     exif_warning: Mapped[str | None] = mapped_column(Text)  # EXIF was broken but the pixels decoded
     first_seen: Mapped[datetime] = mapped_column(DateTime)
@@ -145,10 +166,11 @@ class Score(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class VisualTokens(Base):
-    """Cached vision-tower features (before the projector) for one content hash under one vision graph, float16."""
+class CachedFeatures(Base):
+    """Cached tower features (the vision tower's output, before the projector: (n_feat, D_vis)) for one content hash
+    under one vision graph, as float16 bytes."""
 
-    __tablename__ = "visual_tokens"
+    __tablename__ = "features"
 
     content_hash: Mapped[str] = mapped_column(String(128), primary_key=True)
     vision_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -184,7 +206,7 @@ class PhotoEmbedding(Base):
 
     ``data`` is a unit float32 vector (little-endian); ``lsh0..lsh3`` are its locality-sensitive hash buckets and
     ``taken_s`` its capture time (seconds, EXIF local time read as UTC), the two ways a new photo finds the few
-    photos it is compared with; ``linked`` is 0 until it has been compared (see :mod:`pmllm_batch.db.groups`).
+    photos it is compared with; ``linked`` is 0 until it has been compared (see :mod:`pmllm_batch.db.links`).
     """
 
     __tablename__ = "photo_embeddings"
@@ -268,9 +290,16 @@ def _create_group_tables(conn: Connection) -> None:
     )
 
 
+# Before schema 5 the feature cache was the table ``visual_tokens`` (a misnomer: it holds tower features).
+_OLD_FEATURES_TABLE = "visual_tokens"
+
+
 def _add_visual_cache_lru(conn: Connection) -> None:
-    # Schema 3 caches lack the budget's columns: add them, size the blobs, and count every old entry as unused.
-    table = VisualTokens.__tablename__
+    # Schema 3 caches lack the budget's columns: add them, size the blobs, and count every old entry as unused. The
+    # cache was still called visual_tokens then; a database created since has the features table with the columns.
+    table = _OLD_FEATURES_TABLE
+    if not has_table(conn, table):
+        return
     columns = {c["name"] for c in inspect(conn).get_columns(table)}
     if "nbytes" not in columns:
         conn.execute(text(f"ALTER TABLE {table} ADD COLUMN nbytes BIGINT"))
@@ -283,11 +312,43 @@ def _add_visual_cache_lru(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX ix_{table}_used_at ON {table} (used_at)"))
 
 
+def _drop_index(conn: Connection, name: str, table: str) -> None:
+    on = f" ON {table}" if conn.dialect.name == "mysql" else ""
+    conn.execute(text(f"DROP INDEX {name}{on}"))
+
+
+def _rename_visual_tokens_to_features(conn: Connection) -> None:
+    # The cache holds tower features, not tokens: visual_tokens becomes features, rows and all. Idempotent: when both
+    # tables exist (a killed run on a backend without transactional DDL), the old rows missing from the new table
+    # are copied over before the old table goes.
+    old, new = _OLD_FEATURES_TABLE, CachedFeatures.__tablename__
+    if not has_table(conn, old):
+        return
+    if has_table(conn, new):
+        cols = "content_hash, vision_id, shape_json, dtype, data, nbytes, used_at"
+        conn.execute(text(
+            f"INSERT INTO {new} ({cols}) SELECT {cols} FROM {old} o WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {new} n WHERE n.content_hash = o.content_hash AND n.vision_id = o.vision_id)"
+        ))
+        conn.execute(text(f"DROP TABLE {old}"))
+        return
+    conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+    # Names that still say visual_tokens: the LRU index (as a new database names it), PostgreSQL's primary key.
+    indexes = {i["name"] for i in inspect(conn).get_indexes(new)}
+    if f"ix_{old}_used_at" in indexes:
+        _drop_index(conn, f"ix_{old}_used_at", new)
+    if f"ix_{new}_used_at" not in indexes:
+        conn.execute(text(f"CREATE INDEX ix_{new}_used_at ON {new} (used_at)"))
+    if conn.dialect.name == "postgresql" and inspect(conn).get_pk_constraint(new).get("name") == f"{old}_pkey":
+        conn.execute(text(f"ALTER TABLE {new} RENAME CONSTRAINT {old}_pkey TO {new}_pkey"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_create_tables", _create_tables),
     Migration(2, "0002_run_owner", _add_run_owner),
     Migration(3, "0003_photo_groups", _create_group_tables),
     Migration(4, "0004_visual_cache_budget", _add_visual_cache_lru),
+    Migration(5, "0005_features_table", _rename_visual_tokens_to_features),
 ]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from pmllm_batch.contracts import PhotoStatus
 from pmllm_batch.db.records import RankedPhoto
 from pmllm_batch.db.schema import Photo, ProfileModel, Score, utcnow
 from pmllm_batch.db.sql import RowValues, chunks, insert_ignore, table_of
@@ -75,7 +76,7 @@ def ranking(s: Session, profile_id: int, model_id: int, top: int | None) -> list
     stmt = (
         select(Score.content_hash, Score.score, Photo.path, Photo.taken_at, Photo.width, Photo.height, Photo.mtime_ns)
         .join(Photo, Photo.content_hash == Score.content_hash)
-        .where(Score.profile_id == profile_id, Score.model_id == model_id, Photo.status == "ok")
+        .where(Score.profile_id == profile_id, Score.model_id == model_id, Photo.status == PhotoStatus.OK)
     )
     best: dict[str, RankedPhoto] = {}
     every: dict[str, list[str]] = {}  # content hash -> all its ok paths (exact duplicates)
@@ -110,7 +111,7 @@ def counts(s: Session, model_id: int | None) -> dict[str, int]:
     out = dict.fromkeys(sorted(names.values()), 0)
     if model_id is None:
         return out
-    ok = select(Photo.content_hash).where(Photo.status == "ok")
+    ok = select(Photo.content_hash).where(Photo.status == PhotoStatus.OK)
     stmt = (
         select(Score.profile_id, func.count(func.distinct(Score.content_hash)))
         .where(Score.model_id == model_id, Score.content_hash.in_(ok))

@@ -1,12 +1,12 @@
-"""The library database facade: photos, profiles, models, scores, visual-token cache and runs.
+"""The library database facade: photos, profiles, models, scores, the feature cache, runs and links.
 
 ``Store`` is what the rest of pmllm-batch talks to; the SQL itself lives in one module per table
 (:mod:`~pmllm_batch.db.photos`, :mod:`~pmllm_batch.db.profiles`, :mod:`~pmllm_batch.db.models`,
-:mod:`~pmllm_batch.db.visual_tokens`, :mod:`~pmllm_batch.db.scores`, :mod:`~pmllm_batch.db.runs`), each a
-set of functions taking a Session. Every public write method here is one short transaction (see
-:mod:`~pmllm_batch.db.engine` for why and for the SQLite settings), so a killed process loses at most the
-batch it was writing, and a second process (``pmllm-batch status`` while the daemon runs) can read at any time.
-Checks that can fail without the database (a bad status, a non-finite score) run before the transaction opens.
+:mod:`~pmllm_batch.db.features`, :mod:`~pmllm_batch.db.scores`, :mod:`~pmllm_batch.db.runs`,
+:mod:`~pmllm_batch.db.links`), each a set of functions taking a Session. Every public write method here is one short
+transaction (see :mod:`~pmllm_batch.db.engine` for why and for the SQLite settings), so a killed process loses at
+most the batch it was writing, and a second process (``pmllm-batch status`` while the daemon runs) can read at any
+time. Checks that can fail without the database (a bad status, a non-finite score) run before the transaction opens.
 
 Based on: beets ``beets/dbcore/db.py`` (``Database``, ``Transaction``, ``_handle_mutate``), redone
 with SQLAlchemy sessions.
@@ -14,17 +14,26 @@ with SQLAlchemy sessions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from pmllm_batch.db import check, migrations, models, photos, profiles, runs, scores, visual_tokens
+from pmllm_batch.contracts import PhotoStatus
+from pmllm_batch.db import check, features, migrations, models, photos, profiles, runs, scores
 from pmllm_batch.db.engine import Database
-from pmllm_batch.db.groups import GroupStore
+from pmllm_batch.db.links import LinkStore
 from pmllm_batch.db.profiles import persona_digest
-from pmllm_batch.db.records import PhotoRecord, ProfileRow, RankedPhoto
+from pmllm_batch.db.records import (
+    FailedPhoto,
+    ModelInfo,
+    PhotoRecord,
+    ProfileRow,
+    RankedPhoto,
+    RecipeModel,
+    RunningRun,
+)
 from pmllm_batch.profiles import Profile
 
 if TYPE_CHECKING:
@@ -34,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["PhotoRecord", "ProfileRow", "RankedPhoto", "Store", "persona_digest"]
 
 
-class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmllm_batch.db.groups)
+class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_batch.db.links)
     """The library database. Open one per process (or per command); it is safe to share between threads.
 
     Args:
@@ -80,7 +89,7 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
         with self._db.work_lock(should_stop=should_stop, on_wait=on_wait) as held:
             yield held
 
-    def others_running(self) -> list[dict[str, Any]]:
+    def others_running(self) -> list[RunningRun]:
         """Runs other live processes have open on this database: [{"id", "kind", "pid", "host"}]."""
         with self._db.read() as s:
             return runs.others_running(s)
@@ -100,9 +109,9 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
     # -----------------------------------------------------------------------------------------------------------------
 
     def photo_index(
-        self, roots: list[str] | None = None, statuses: Sequence[str] | None = None
+        self, roots: list[str] | None = None, statuses: Sequence[PhotoStatus] | None = None
     ) -> dict[str, PhotoRecord]:
-        """Photo rows by path, for incremental scans.
+        """Photo rows by path, for incremental scans (each record's ``status`` a :class:`PhotoStatus`).
 
         Args:
             roots: Only rows found under these scan roots (as stored); None for all.
@@ -220,13 +229,16 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
     # Models
     # -----------------------------------------------------------------------------------------------------------------
 
-    def ensure_model(self, fingerprint: str, preset: str, meta: dict[str, Any], *, make_current: bool = True) -> int:
+    def ensure_model(
+        self, fingerprint: str, preset: str, meta: Mapping[str, object], *, make_current: bool = True
+    ) -> int:
         """Register a model fingerprint (once) and, by default, make it the model rankings read.
 
         Args:
             fingerprint: Identity of base weights + adapter + preset.
             preset: Preset name, for display.
-            meta: Free JSON-able facts (checkpoint path, versions …), stored on first registration.
+            meta: Free JSON-able facts, stored on first registration; ``{"demo": bool}`` is the model config's demo
+                flag (the report's disclaimer follows it).
             make_current: False for a model that must not change what rankings show (e.g. an evaluation).
 
         Returns:
@@ -235,14 +247,14 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
         with self._db.write() as s:
             return models.ensure(s, fingerprint, preset, meta, make_current=make_current)
 
-    def remember_recipe(self, model_id: int, recipe: str, facts: dict[str, Any]) -> None:
+    def remember_recipe(self, model_id: int, recipe: str, facts: Mapping[str, object]) -> None:
         """Record that settings with ``recipe`` load model ``model_id``, with the ``facts`` needed without loading
         it (its vision graph id, whether it is the demo), so a later run with nothing to score loads nothing."""
         with self._db.write() as s:
             models.remember_recipe(s, model_id, recipe, facts)
 
-    def model_for_recipe(self, recipe: str) -> dict[str, Any] | None:
-        """{"id", "fingerprint", "preset", **facts} of the model settings with ``recipe`` loaded before, or None."""
+    def model_for_recipe(self, recipe: str) -> RecipeModel | None:
+        """The model settings with ``recipe`` loaded before (id, fingerprint, preset, demo, vision_id), or None."""
         with self._db.read() as s:
             return models.by_recipe(s, recipe)
 
@@ -256,47 +268,53 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
         with self._db.read() as s:
             return models.current_id(s)
 
+    def current_model(self) -> ModelInfo | None:
+        """{"id", "fingerprint", "preset", "demo"} of the current model; None before any scoring."""
+        with self._db.read() as s:
+            return models.describe(s, models.current_id(s))
+
     # -----------------------------------------------------------------------------------------------------------------
-    # Visual-token cache
+    # Feature cache: tower features (the vision tower's output, before the projector) per content hash and vision graph
     # -----------------------------------------------------------------------------------------------------------------
 
-    def get_visual_tokens(self, hashes: list[str], vision_id: str) -> dict[str, np.ndarray]:
-        """Cached visual tokens for these hashes under one vision graph.
+    def get_features(self, hashes: list[str], vision_id: str) -> dict[str, np.ndarray]:
+        """Cached tower features for these hashes under one vision graph.
 
         Returns:
-            hash -> float32 array of the stored shape (e.g. (N_vis, D_lm)); absent hashes are not in the dict.
+            hash -> float32 array of the stored shape ((n_feat, D_vis): the cache holds them as float16); absent
+            hashes are not in the dict.
         """
         with self._db.read() as s:
-            found = visual_tokens.get(s, hashes, vision_id)
+            found = features.get(s, hashes, vision_id)
         if found:
             with self._db.write() as s:
-                visual_tokens.touch(s, list(found), vision_id)
+                features.touch(s, list(found), vision_id)
         return found
 
     def cached_hashes(self, hashes: list[str], vision_id: str) -> set[str]:
-        """Which of ``hashes`` have cached visual tokens under ``vision_id`` (no blob is read)."""
+        """Which of ``hashes`` have cached features under ``vision_id`` (no blob is read)."""
         with self._db.read() as s:
-            return visual_tokens.present(s, hashes, vision_id)
+            return features.present(s, hashes, vision_id)
 
-    def put_visual_tokens(self, items: dict[str, np.ndarray], vision_id: str, *, budget_bytes: int = 0) -> int:
-        """Cache visual tokens as little-endian float16 bytes; hashes already cached are left as they are.
+    def put_features(self, items: dict[str, np.ndarray], vision_id: str, *, budget_bytes: int = 0) -> int:
+        """Cache tower features as little-endian float16 bytes; hashes already cached are left as they are.
 
         With ``budget_bytes`` > 0 the least recently used entries are then evicted until the cache fits it.
 
         Returns:
             How many entries the budget evicted.
         """
-        rows = visual_tokens.encode(items, vision_id)
+        rows = features.encode(items, vision_id)
         if not rows:
             return 0
         with self._db.write() as s:
-            visual_tokens.put(s, rows)
-            return visual_tokens.evict(s, budget_bytes)
+            features.put(s, rows)
+            return features.evict(s, budget_bytes)
 
-    def visual_cache_bytes(self) -> tuple[int, int]:
+    def feature_cache_bytes(self) -> tuple[int, int]:
         """(number of cached entries, total bytes of their blobs)."""
         with self._db.read() as s:
-            return visual_tokens.totals(s)
+            return features.totals(s)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Scores and rankings
@@ -334,7 +352,7 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
         Only photos with status "ok" appear, one row per content hash (represented by its shortest, then
         lexicographically smallest path; ``paths`` lists every ok path of it), sorted by score descending, ties by
         path; ranks are 1..n. Bursts, RAW twins and scopes are the outputs' view of it
-        (:class:`pmllm_batch.outputs.grouping.RankingView`).
+        (:class:`pmllm_batch.outputs.bursts.RankingView`).
 
         Args:
             profile_name: A stored profile.
@@ -364,7 +382,7 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
     # Runs and status
     # -----------------------------------------------------------------------------------------------------------------
 
-    def start_run(self, kind: str, args: dict[str, Any]) -> int:
+    def start_run(self, kind: str, args: Mapping[str, object]) -> int:
         """Record a run as "running" (with this process's pid and host); returns its id.
 
         Runs left "running" by a process of this host that no longer exists (killed with -9, a crash, a power
@@ -373,24 +391,30 @@ class Store(GroupStore):  # GroupStore: bursts, near-duplicates, RAW twins (pmll
         with self._db.write() as s:
             return runs.start(s, kind, args)
 
-    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+    def finish_run(self, run_id: int, status: str, summary: Mapping[str, object]) -> None:
         """Close a run with status "ok", "interrupted" or "failed" and its summary."""
         runs.check_finished_status(status)
         with self._db.write() as s:
             runs.finish(s, run_id, status, summary)
 
+    def failures(self) -> list[FailedPhoto]:
+        """Every failed photo, by path: {"path", "reason", "message"}."""
+        with self._db.read() as s:
+            return photos.failures(s)
+
     def status(self) -> dict[str, Any]:
-        """Counts and health of the library, read in one snapshot (JSON-able).
+        """Counts and health of the library, read in one snapshot (JSON-able; the CLI adds its own keys to it).
 
         Returns:
             {"photos": {"ok", "failed", "missing"}, "profiles", "models", "current_model" (id, fingerprint,
-            preset, or None), "scores_current_model", "visual_cache": {"entries", "bytes", "evicted"},
-            "failures": [{"path", "reason", "message"}] (every failed photo, by path), "last_run" (or None), "db"}.
+            preset, demo, or None), "scores_current_model", "visual_cache" (the feature cache): {"entries", "bytes",
+            "evicted"}, "failures": [{"path", "reason", "message"}] (every failed photo, by path), "last_run" (or
+            None), "db"}.
         """
         with self._db.read() as s:
             mid = models.current_id(s)
-            entries, nbytes = visual_tokens.totals(s)
-            evicted = visual_tokens.evicted_count(s)
+            entries, nbytes = features.totals(s)
+            evicted = features.evicted_count(s)
             return {
                 "photos": photos.count_by_status(s),
                 "profiles": profiles.count(s),

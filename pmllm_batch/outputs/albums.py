@@ -16,14 +16,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pmllm_batch.db import RankedPhoto, Store
 from pmllm_batch.db.schema import utcnow
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
+from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.files import read_manifest_files, write_text_atomic
-from pmllm_batch.outputs.grouping import RankingView
 from pmllm_batch.outputs.scope import Scope
 
 log = get_logger("outputs.albums")
@@ -84,7 +83,7 @@ def read_manifest(folder: Path) -> list[str]:
 
 
 def _write_manifest(folder: Path, profile: str, mode: str, names: list[str]) -> None:
-    data: dict[str, Any] = {
+    data: dict[str, object] = {
         "version": MANIFEST_VERSION,
         "profile": profile,
         "mode": mode,

@@ -20,18 +20,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pmllm_batch.db import Store
+from pmllm_batch.db.records import FailedPhoto
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.albums import check_outside_roots
+from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.files import read_manifest_files, replace_file_bytes
-from pmllm_batch.outputs.grouping import RankingView
 from pmllm_batch.outputs.scope import Scope, in_scope, resolve_scopes
 from pmllm_batch.outputs.stars import DEFAULT_SHARES, star_label, stars_by_hash
 from pmllm_batch.scan import DecodeError, decode_photo
 from pmllm_batch.version import __version__
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = get_logger("outputs.report")
 
@@ -41,11 +45,17 @@ THUMBS = "thumbs"
 INDEX = "index.html"
 DEFAULT_TOP = 24
 DEFAULT_THUMB_SIZE = 320
-DEMO_DISCLAIMER = (
-    "These rankings come from the bundled demo model, which is not a real aesthetic judge: a tiny model trained on a "
-    "synthetic preference task. Its scores show the mechanism (different people get different rankings), not "
-    "anybody's taste."
-)
+# What the shipped demo presets are, for the disclaimer (the outputs never load a model config to find out).
+_DEMO_MODELS = {
+    "demo": "a tiny model",
+    "smol": "a real LLM (SmolLM2-135M-Instruct) with an adapter",
+}
+
+
+def demo_disclaimer(preset: str) -> str:
+    """The note on a report scored by a model whose config says ``demo``, naming its preset."""
+    what = _DEMO_MODELS.get(preset, "a model")
+    return f"{preset}: {what} trained on a synthetic task — scores show the mechanism, not anyone's real taste."
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -93,7 +103,7 @@ class ReportProblem:
     """A photo shown without a thumbnail."""
 
     path: str
-    reason: str  # a scan.decode reason ("vanished", "truncated", ...)
+    reason: str  # a FailReason value ("vanished", "truncated", ...)
     message: str
 
 
@@ -104,12 +114,13 @@ class ReportSummary:
     out: Path
     index: Path
     people: list[ReportPerson]
-    demo: bool
-    model: str | None
+    demo: bool  # the current model's stored demo flag
+    model: str | None  # its fingerprint
+    preset: str | None = None  # its preset
     thumbnails_made: int = 0
     thumbnails_reused: int = 0
     problems: list[ReportProblem] = field(default_factory=list)  # photos without a thumbnail
-    failures: list[dict[str, Any]] = field(default_factory=list)  # failed files of the library (in scope)
+    failures: list[FailedPhoto] = field(default_factory=list)  # failed files of the library (in scope)
     removed: int = 0  # stale files of a previous report deleted
 
 
@@ -184,7 +195,7 @@ def _make_thumb(path: str, target: Path, size: int, max_pixels: int) -> None:
     replace_file_bytes(target, buf.getvalue())
 
 
-def _environment() -> Any:
+def _environment() -> jinja2.Environment:
     import jinja2  # the report's template engine; imported here so other outputs do not need it
 
     return jinja2.Environment(
@@ -243,8 +254,7 @@ def build_report(
         raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
     rows = {name: store.get_profile(name) for name in names}  # unknown names fail here, before any write
     owned = _check_out_dir(out_dir, store.photo_roots())
-    status = store.status()
-    current = status.get("current_model")
+    current = store.current_model()
     view_scope = scope or Scope()
     if paths:
         under = [*(resolve_scopes(paths) or []), *(view_scope.under or ())]
@@ -281,9 +291,10 @@ def build_report(
         out=out_dir,
         index=out_dir / INDEX,
         people=people,
-        demo=bool(current and current.get("preset") == "demo"),
-        model=str(current["fingerprint"]) if current else None,
-        failures=[f for f in status["failures"] if in_scope(f["path"], scopes)],
+        demo=current is not None and current["demo"],
+        model=current["fingerprint"] if current else None,
+        preset=current["preset"] if current else None,
+        failures=[f for f in store.failures() if in_scope(f["path"], scopes)],
     )
     planned = [*wanted, INDEX, *(person.page for person in people)]
     try:
@@ -313,7 +324,7 @@ def build_report(
             "summary": summary,
             "people": people,
             "version": __version__,
-            "disclaimer": DEMO_DISCLAIMER if summary.demo else "",
+            "disclaimer": demo_disclaimer(summary.preset or "") if summary.demo else "",
             "top": top,
             "scoped": not view_scope.everything,
             "scopes": scopes or [],

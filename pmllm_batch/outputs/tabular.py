@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pmllm_batch.db import RankedPhoto, Store
-from pmllm_batch.outputs.grouping import RankingView
+from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.scope import Scope
 
 # paths: every file of the photo (exact duplicates, a RAW twin), ``path`` first; group_size: photos in its burst /

@@ -33,12 +33,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 from pmllm_batch.db import Store
 from pmllm_batch.log import get_logger
+from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.files import replace_file_bytes
-from pmllm_batch.outputs.grouping import RankingView
 from pmllm_batch.outputs.scope import Scope, resolve_scopes
 from pmllm_batch.outputs.stars import star_label, stars_by_hash
 
@@ -115,7 +116,7 @@ class XmpSummary:
             counts[p.reason] = counts.get(p.reason, 0) + 1
         return {k: v for k, v in counts.items() if v}
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         """JSON-able form (``xmp --json``)."""
         return {
             "profile": self.profile,
@@ -181,6 +182,43 @@ class SidecarFormatError(Exception):
 # The exiv2 engine
 # ---------------------------------------------------------------------------------------------------------------------
 
+
+class _XmpValue(Protocol):
+    """What we read of an ``exiv2.Value`` (python-exiv2 ships no type information)."""
+
+    def count(self) -> int: ...
+
+    def toString(self, n: int) -> str: ...
+
+
+class _XmpDatum(Protocol):
+    """An ``exiv2.Xmpdatum``, or an ``XmpData`` iterator pointing at one (it answers the same calls)."""
+
+    def key(self) -> str: ...
+
+    def typeName(self) -> str: ...
+
+    def toString(self) -> str: ...
+
+    def value(self) -> _XmpValue: ...
+
+
+class _XmpData(Protocol):
+    """An ``exiv2.XmpData``: the properties of one sidecar."""
+
+    def __iter__(self) -> Iterator[_XmpDatum]: ...
+
+    def __setitem__(self, key: str, value: object) -> None: ...
+
+    def findKey(self, key: object) -> _XmpDatum: ...
+
+    def end(self) -> _XmpDatum: ...
+
+    def erase(self, pos: _XmpDatum) -> object: ...
+
+    def add(self, *args: object) -> object: ...
+
+
 _engine_lock = threading.Lock()
 _messages_lock = threading.Lock()  # one capture at a time: the "exiv2" logger is process-wide
 _engine_ready = False
@@ -197,7 +235,7 @@ class _Exiv2Messages(logging.Handler):
         self.messages.append((record.levelno, record.getMessage()))
 
 
-def _exiv2() -> Any:
+def _exiv2() -> ModuleType:
     """The ``exiv2`` module, with the XMP toolkit initialised and our namespace registered (once per process)."""
     global _engine_ready
     import exiv2  # python-exiv2 (PyPI "exiv2"); its wheel ships libexiv2
@@ -228,7 +266,7 @@ def _captured_exiv2_messages() -> Iterator[_Exiv2Messages]:
             logger.propagate = propagate
 
 
-def parse_sidecar(data: bytes) -> Any:
+def parse_sidecar(data: bytes) -> _XmpData:
     """Parse sidecar bytes into an ``exiv2.XmpData``.
 
     Raises:
@@ -248,7 +286,7 @@ def parse_sidecar(data: bytes) -> Any:
             image.readMetadata()
         except exiv2.Exiv2Error as exc:
             raise SidecarFormatError(f"not an XMP packet ({exc.message})") from None
-        xmp = exiv2.XmpData()
+        xmp: _XmpData = exiv2.XmpData()
         for datum in image.xmpData():  # a copy that does not depend on the image object's lifetime
             xmp.add(datum)
     for level, text in messages.messages:
@@ -258,7 +296,7 @@ def parse_sidecar(data: bytes) -> Any:
     return xmp
 
 
-def serialize_sidecar(xmp: Any) -> bytes:
+def serialize_sidecar(xmp: _XmpData) -> bytes:
     """``exiv2.XmpData`` as sidecar bytes, exactly as libexiv2 writes a ``.xmp`` file."""
     exiv2 = _exiv2()
     image = exiv2.ImageFactory.create(exiv2.ImageType.xmp)
@@ -267,32 +305,32 @@ def serialize_sidecar(xmp: Any) -> bytes:
     return bytes(image.io().data())
 
 
-def _items(datum: Any) -> tuple[str, ...]:
+def _items(datum: _XmpDatum) -> tuple[str, ...]:
     value = datum.value()
     if datum.typeName() in ("XmpBag", "XmpSeq", "XmpAlt"):
         return tuple(value.toString(i) for i in range(value.count()))
     return (datum.toString(),)
 
 
-def _snapshot(xmp: Any) -> list[tuple[str, str, tuple[str, ...]]]:
+def _snapshot(xmp: _XmpData) -> list[tuple[str, str, tuple[str, ...]]]:
     """Every property as (key, type, items), sorted: equal snapshots mean equal metadata."""
     return sorted((d.key(), d.typeName(), _items(d)) for d in xmp)
 
 
-def _find(xmp: Any, key: str) -> Any | None:
+def _find(xmp: _XmpData, key: str) -> _XmpDatum | None:
     exiv2 = _exiv2()
     it = xmp.findKey(exiv2.XmpKey(key))
     return None if it == xmp.end() else it
 
 
-def _erase(xmp: Any, keys: Iterable[str]) -> None:
+def _erase(xmp: _XmpData, keys: Iterable[str]) -> None:
     for key in list(keys):
         it = _find(xmp, key)
         if it is not None:
             xmp.erase(it)
 
 
-def _set_array(xmp: Any, key: str, items: Sequence[str], type_name: str) -> None:
+def _set_array(xmp: _XmpData, key: str, items: Sequence[str], type_name: str) -> None:
     exiv2 = _exiv2()
     _erase(xmp, [key])
     if not items:
@@ -303,7 +341,7 @@ def _set_array(xmp: Any, key: str, items: Sequence[str], type_name: str) -> None
     xmp[key] = value
 
 
-def _array_items(xmp: Any, key: str) -> tuple[list[str], str | None]:
+def _array_items(xmp: _XmpData, key: str) -> tuple[list[str], str | None]:
     it = _find(xmp, key)
     if it is None:
         return [], None
@@ -342,7 +380,7 @@ def merge_sidecar(
         SidecarFormatError: ``existing`` is not XMP.
     """
     exiv2 = _exiv2()
-    xmp = parse_sidecar(existing) if existing is not None else exiv2.XmpData()
+    xmp: _XmpData = parse_sidecar(existing) if existing is not None else exiv2.XmpData()
     before = _snapshot(xmp)
 
     # Rating: ours only while the sidecar still holds the rating we wrote last time.
@@ -438,10 +476,10 @@ def plan_sidecars(
     """
     store.get_profile(profile)  # an unknown name fails here, with the known ones listed
     names = sorted(p.name for p in store.list_profiles())
-    current = store.status().get("current_model")
+    current = store.current_model()
     if current is None:
         return {}, names, None
-    model = str(current["fingerprint"])
+    model = current["fingerprint"]
     view = RankingView(store, group=group)
     marks: dict[str, list[ProfileMark]] = {}
     files: dict[str, tuple[str, ...]] = {}  # content hash -> every file of it
@@ -612,5 +650,5 @@ def refresh_sidecars(
         shares=cfg.star_shares(),
         paths=paths,
         overwrite_ratings=cfg.overwrite_ratings,
-        group=bool(getattr(getattr(settings, "group", None), "enabled", True)),
+        group=settings.group.enabled,
     )

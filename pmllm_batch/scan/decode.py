@@ -1,9 +1,12 @@
 """Decode one photo safely: size guard before pixels, full load, EXIF orientation applied, EXIF facts read.
 
-Every failure becomes a :class:`DecodeError` with a short ``reason`` code (design §7), so the scan records a failed
-photo row and goes on. Nothing here changes global PIL state (``Image.MAX_IMAGE_PIXELS``,
-``ImageFile.LOAD_TRUNCATED_IMAGES``) or the global warning filters, because decoding may run in worker threads next
-to other PIL users.
+Every failure becomes a :class:`DecodeError` with a short ``reason`` code (a :class:`~pmllm_batch.contracts.FailReason`;
+docs/ARCHITECTURE.md, "Failure rules"), so the scan records a failed photo row and goes on. Nothing here changes global
+PIL state (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) or the global warning filters, because
+decoding may run in worker threads next to other PIL users.
+
+Camera RAW goes through :mod:`pmllm_batch.scan.raw`; the result and error types both decoders share live in
+:mod:`pmllm_batch.scan.decoded` (and are re-exported here).
 """
 
 from __future__ import annotations
@@ -12,33 +15,31 @@ import errno
 import logging
 import os
 import threading
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import exifread
 from exifread.core.exceptions import ExifNotFound
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pmllm_batch.contracts import FailReason
+from pmllm_batch.scan import raw
+from pmllm_batch.scan.decoded import LEGACY_REASONS, REASONS, DecodedPhoto, DecodeError, ExifInfo
 from pmllm_batch.scan.discover import sniff_format
 
-__all__ = ["DecodeError", "DecodedPhoto", "ExifInfo", "decode_photo", "read_exif", "register_heif", "REASONS"]
-
-#: Every ``DecodeError.reason`` this module can produce.
-REASONS: frozenset[str] = frozenset(
-    {
-        "vanished",
-        "unreadable",
-        "empty",
-        "not_an_image",
-        "unsupported_format",
-        "truncated",
-        "decompression_bomb",
-    }
-)
-#: Kept for readers of old rows: "broken_exif" was a failure before unreadable EXIF became a warning on an ok photo.
-LEGACY_REASONS: frozenset[str] = frozenset({"broken_exif"})
+__all__ = [
+    "LEGACY_REASONS",
+    "REASONS",
+    "DecodeError",
+    "DecodedPhoto",
+    "ExifInfo",
+    "decode_photo",
+    "read_exif",
+    "register_heif",
+]
 
 _ORIENTATION_TAG = 0x0112
 
@@ -47,22 +48,7 @@ _ORIENTATION_TAG = 0x0112
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExifInfo:
-    """EXIF facts stored with a photo row. Every field is optional: most files lack some of them.
-
-    ``orientation`` is the raw tag as written in the file. It describes the stored pixels, not the image that
-    :func:`decode_photo` returns (always upright); for HEIF the decoder already applies the rotation itself.
-    """
-
-    taken_at: str | None = None  # 'YYYY-MM-DDTHH:MM:SS' from DateTimeOriginal, else DateTime; no timezone
-    camera_make: str | None = None  # e.g. "Canon"
-    camera_model: str | None = None  # e.g. "Canon EOS 40D"
-    orientation: int | None = None  # EXIF Orientation 1..8 as stored; None when absent or out of range
-    warning: str | None = None  # "exif: ..." when exifread failed; the photo itself is still fine
-
-
-def _tag_text(tags: dict[str, Any], key: str) -> str | None:
+def _tag_text(tags: Mapping[str, object], key: str) -> str | None:
     tag = tags.get(key)
     if tag is None:
         return None
@@ -89,7 +75,7 @@ def _parse_exif_datetime(text: str | None) -> str | None:
     return None
 
 
-def _tag_orientation(tags: dict[str, Any]) -> int | None:
+def _tag_orientation(tags: Mapping[str, object]) -> int | None:
     tag = tags.get("Image Orientation")
     if tag is None:
         return None
@@ -170,45 +156,6 @@ def read_exif(path: str | os.PathLike[str]) -> ExifInfo:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class DecodeError(Exception):
-    """A photo that cannot be decoded; the scan stores ``reason`` and ``message`` on its row.
-
-    Attributes:
-        reason: Short code, one of :data:`REASONS`.
-        message: One human sentence, e.g. ``"image data is truncated"``.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[DecodeError], tuple[str, str]]:
-        # Picklable with both fields, so it survives a process-pool boundary in the scan pipeline.
-        return (type(self), (self.reason, self.message))
-
-
-@dataclass
-class DecodedPhoto:
-    """A fully loaded, upright photo.
-
-    Attributes:
-        image: Pixels with the EXIF orientation applied (the Orientation tag removed from its EXIF), detached from
-            the file. The mode is left as decoded (``RGB``, ``L``, ``P``, ``RGBA``, ``CMYK``, ``I;16``, ...); callers
-            convert when they need to. Multi-frame files give their first frame.
-        width: Upright width in pixels.
-        height: Upright height in pixels.
-        format: PIL format name, e.g. ``"JPEG"``, ``"PNG"``, ``"HEIF"``.
-        exif: EXIF facts from :func:`read_exif`.
-    """
-
-    image: Image.Image
-    width: int
-    height: int
-    format: str
-    exif: ExifInfo
-
-
 _heif_lock = threading.Lock()
 _heif_registered = False
 
@@ -229,17 +176,17 @@ def register_heif() -> None:
 def _open_error(path: Path, exc: BaseException) -> DecodeError:
     """Classify an exception raised by ``Image.open``."""
     if isinstance(exc, Image.DecompressionBombError):
-        return DecodeError("decompression_bomb", f"image is too large to decode safely ({exc})")
+        return DecodeError(FailReason.DECOMPRESSION_BOMB, f"image is too large to decode safely ({exc})")
     if isinstance(exc, OSError) and not isinstance(exc, UnidentifiedImageError) and exc.errno is not None:
         if exc.errno == errno.ENOENT:
-            return DecodeError("vanished", "file disappeared while it was being read")
-        return DecodeError("unreadable", f"file cannot be read ({exc.strerror or exc})")
+            return DecodeError(FailReason.VANISHED, "file disappeared while it was being read")
+        return DecodeError(FailReason.UNREADABLE, f"file cannot be read ({exc.strerror or exc})")
     kind = sniff_format(path)
     if kind is None:
-        return DecodeError("not_an_image", "file is not an image")
+        return DecodeError(FailReason.NOT_AN_IMAGE, "file is not an image")
     detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({type(exc).__name__}: {exc})"
     return DecodeError(
-        "unsupported_format", f"file looks like a {kind.upper()} image but no decoder can open it{detail}"
+        FailReason.UNSUPPORTED_FORMAT, f"file looks like a {kind.upper()} image but no decoder can open it{detail}"
     )
 
 
@@ -249,9 +196,9 @@ def _check_exif_parses(img: Image.Image) -> None:
     ``Image.open`` for JPEG already parses EXIF (for the DPI) and swallows errors, leaving ``getexif()`` quietly empty
     afterwards, which would make a rotated photo look upright. Parsing the raw bytes again surfaces the failure.
     """
-    raw = img.info.get("exif")
-    if raw:
-        Image.Exif().load(raw if isinstance(raw, bytes) else bytes(raw))
+    block = img.info.get("exif")
+    if block:
+        Image.Exif().load(block if isinstance(block, bytes) else bytes(block))
     img.getexif()  # other sources: TIFF tags, PNG 'Raw profile type exif', XMP orientation
 
 
@@ -260,7 +207,7 @@ def _decode_open(fh: IO[bytes], path: Path, max_pixels: int) -> DecodedPhoto:
         img = Image.open(fh)
     except Image.DecompressionBombWarning as exc:
         # Only reached when the caller's warning filters turn PIL's warning into an error.
-        raise DecodeError("decompression_bomb", f"image is too large to decode safely ({exc})") from exc
+        raise DecodeError(FailReason.DECOMPRESSION_BOMB, f"image is too large to decode safely ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - every plugin raises its own types; all of them mean "cannot open"
         raise _open_error(path, exc) from exc
     fmt = img.format or "unknown"
@@ -268,24 +215,26 @@ def _decode_open(fh: IO[bytes], path: Path, max_pixels: int) -> DecodedPhoto:
     # Checked before any pixel is decoded: Image.open only read the header.
     if width * height > max_pixels:
         raise DecodeError(
-            "decompression_bomb",
+            FailReason.DECOMPRESSION_BOMB,
             f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}",
         )
     try:
         # Multi-frame files (GIF, APNG, MPO, HEIF sequences) open on their first frame; load() decodes only that one.
         img.load()
     except Image.DecompressionBombError as exc:
-        raise DecodeError("decompression_bomb", f"image is too large to decode safely ({exc})") from exc
+        raise DecodeError(FailReason.DECOMPRESSION_BOMB, f"image is too large to decode safely ({exc})") from exc
     except MemoryError as exc:
-        raise DecodeError("decompression_bomb", "image needs more memory than is available to decode") from exc
+        raise DecodeError(FailReason.DECOMPRESSION_BOMB, "image needs more memory than is available to decode") from exc
     except OSError as exc:
         if exc.errno is not None and exc.errno != errno.ENOENT:
-            raise DecodeError("unreadable", f"file cannot be read ({exc.strerror or exc})") from exc
+            raise DecodeError(FailReason.UNREADABLE, f"file cannot be read ({exc.strerror or exc})") from exc
         if "truncated" in str(exc):
-            raise DecodeError("truncated", "image data is truncated") from exc
-        raise DecodeError("truncated", f"image data is corrupt or truncated ({exc})") from exc
+            raise DecodeError(FailReason.TRUNCATED, "image data is truncated") from exc
+        raise DecodeError(FailReason.TRUNCATED, f"image data is corrupt or truncated ({exc})") from exc
     except Exception as exc:  # noqa: BLE001 - decoders raise ValueError/SyntaxError/... on corrupt data
-        raise DecodeError("truncated", f"image data is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+        raise DecodeError(
+            FailReason.TRUNCATED, f"image data is corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
     exif_problem: str | None = None
     try:
         _check_exif_parses(img)
@@ -360,22 +309,20 @@ def decode_photo(
     try:
         st = p.stat()
     except FileNotFoundError as exc:
-        raise DecodeError("vanished", "file no longer exists") from exc
+        raise DecodeError(FailReason.VANISHED, "file no longer exists") from exc
     except (OSError, ValueError) as exc:
-        raise DecodeError("unreadable", f"file cannot be accessed ({exc})") from exc
+        raise DecodeError(FailReason.UNREADABLE, f"file cannot be accessed ({exc})") from exc
     if st.st_size == 0:
-        raise DecodeError("empty", "file is empty (0 bytes)")
-    from pmllm_batch.scan import raw  # imports this module: loaded on first use
-
+        raise DecodeError(FailReason.EMPTY, "file is empty (0 bytes)")
     if raw.is_raw(p):
         side = raw.DEFAULT_PREVIEW_SIDE if min_preview_side is None else min_preview_side
         return replace(raw.decode_raw(p, max_pixels=max_pixels, min_preview_side=side), exif=read_exif(p))
     try:
         fh = open(p, "rb")  # noqa: SIM115 - closed by the with block below; opening separately classifies errors
     except FileNotFoundError as exc:
-        raise DecodeError("vanished", "file no longer exists") from exc
+        raise DecodeError(FailReason.VANISHED, "file no longer exists") from exc
     except OSError as exc:
-        raise DecodeError("unreadable", f"file cannot be opened ({exc.strerror or exc})") from exc
+        raise DecodeError(FailReason.UNREADABLE, f"file cannot be opened ({exc.strerror or exc})") from exc
     with fh:
         photo = _decode_open(fh, p, max_pixels)
     # exifread reads the file again: it understands more containers and maker quirks than PIL's EXIF parser.

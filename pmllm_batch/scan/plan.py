@@ -9,8 +9,9 @@ Both ``rank`` (:meth:`pmllm_batch.scorer.batch.LibraryScorer.sync`) and the daem
 * :func:`walk` is :func:`discover` with the ``[scan]`` settings.
 * :func:`plan_scan` compares a walk (or an explicit list of paths) with the photo index.
 
-The index is whatever the caller read from the database; only ``size``, ``mtime_ns`` and ``status`` are used
-(:class:`IndexRecord`), so this module needs no database code.
+The index is what the caller read from the database: :class:`~pmllm_batch.contracts.PhotoRecord` rows by path (a
+ground-layer type, so this module needs no database code); the plan reads ``size``, ``mtime_ns`` and ``status``, and
+:func:`~pmllm_batch.scan.replan.replan` the skip state.
 """
 
 from __future__ import annotations
@@ -20,28 +21,13 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from pmllm_batch.config import ScanSettings
+from pmllm_batch.contracts import PhotoRecord, PhotoStatus
 from pmllm_batch.scan.discover import SCANNED_EXTENSIONS, FileEntry, discover, sniff_format
+from pmllm_batch.scan.replan import replan
 
-__all__ = ["IndexRecord", "PathFilter", "ScanPlan", "ScanRules", "plan_scan", "walk"]
-
-
-class ScanRules(Protocol):
-    """The ``[scan]`` settings this module reads."""
-
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    extensions: tuple[str, ...]
-    follow_symlinks: bool
-
-
-class IndexRecord(Protocol):
-    """What the plan reads of a stored photo row."""
-
-    size: int
-    mtime_ns: int
-    status: str
+__all__ = ["PathFilter", "ScanPlan", "plan_scan", "walk"]
 
 
 def _matches(patterns: Sequence[str], rel_posix: str, name: str) -> bool:
@@ -145,11 +131,11 @@ class PathFilter:
         return sniff_format(path) is not None
 
     @classmethod
-    def from_settings(cls, roots: Sequence[Path], scan: ScanRules) -> PathFilter:
+    def from_settings(cls, roots: Sequence[Path], scan: ScanSettings) -> PathFilter:
         return cls(roots, include=scan.include, exclude=scan.exclude, extensions=scan.extensions)
 
 
-def walk(roots: Sequence[Path], scan: ScanRules) -> Iterator[FileEntry]:
+def walk(roots: Sequence[Path], scan: ScanSettings) -> Iterator[FileEntry]:
     """Every candidate photo under ``roots`` by the ``[scan]`` rules (:func:`discover`)."""
     return discover(
         roots,
@@ -203,8 +189,8 @@ def _entries_for(paths: Iterable[Path], roots: Sequence[Path]) -> tuple[list[Fil
 
 def plan_scan(
     roots: Sequence[Path],
-    index: Mapping[str, IndexRecord],
-    scan: ScanRules,
+    index: Mapping[str, PhotoRecord],
+    scan: ScanSettings,
     *,
     paths: Iterable[Path] | None = None,
     settle_cutoff_ns: int | None = None,
@@ -223,12 +209,12 @@ def plan_scan(
     if paths is None:
         found = list(walk(roots, scan))
         seen = {str(e.path) for e in found}
-        plan.gone = [p for p, rec in index.items() if p not in seen and rec.status != "missing"]
+        plan.gone = [p for p, rec in index.items() if p not in seen and rec.status != PhotoStatus.MISSING]
     else:
         found, plan.gone = _entries_for(paths, roots)
     for e in found:
         rec = index.get(str(e.path))
-        if rec is not None and rec.status != "missing" and (rec.size, rec.mtime_ns) == (e.size, e.mtime_ns):
+        if rec is not None and rec.status != PhotoStatus.MISSING and (rec.size, rec.mtime_ns) == (e.size, e.mtime_ns):
             plan.unchanged += 1
             plan.entries.append(e)
             continue
@@ -237,12 +223,11 @@ def plan_scan(
             continue
         plan.entries.append(e)
         plan.todo.append(e)
-        if rec is None or rec.status == "missing":
+        if rec is None or rec.status == PhotoStatus.MISSING:
             plan.new += 1
         else:
             plan.changed += 1
-    from pmllm_batch.scan.replan import replan  # RAW twins and too_small: unchanged files whose skip state is stale
-
-    replan(plan, index, roots, min_side=int(getattr(scan, "min_side", 0)), explicit=paths is not None,
+    # RAW twins and too_small: unchanged files whose skip state is stale
+    replan(plan, index, roots, min_side=scan.min_side, explicit=paths is not None,
            present={str(e.path) for e in found} if paths is None else None)
     return plan

@@ -5,7 +5,7 @@ embedded preview (the JPEG or bitmap the camera rendered, cheap to read) when it
 ``min_preview_side`` (the caller passes the vision input size), else a half-size demosaic (every 2x2 Bayer block
 becomes one pixel: fast, and still several times the vision input for any real sensor). The orientation comes from the
 RAW (LibRaw's ``sizes.flip``, read from the camera's tags) and is applied to the preview too; the demosaic applies it
-itself. Every LibRaw failure is a :class:`~pmllm_batch.scan.decode.DecodeError` with one of the usual reasons, so a
+itself. Every LibRaw failure is a :class:`~pmllm_batch.scan.decoded.DecodeError` with one of the usual reasons, so a
 corrupt RAW becomes a failed row like any other bad file.
 
 Twins (:func:`jpeg_twin`): a camera set to RAW+JPEG writes ``IMG_0001.CR2`` and ``IMG_0001.JPG`` side by side. They
@@ -20,13 +20,17 @@ import io
 import os
 from collections.abc import Container
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
 
-from pmllm_batch.scan.decode import DecodedPhoto, DecodeError, ExifInfo
+from pmllm_batch.contracts import FailReason
+from pmllm_batch.scan.decoded import DecodedPhoto, DecodeError, ExifInfo
 from pmllm_batch.scan.discover import RAW_EXTENSIONS as _LISTED
+
+if TYPE_CHECKING:
+    import rawpy
 
 __all__ = [
     "DEFAULT_PREVIEW_SIDE",
@@ -103,16 +107,18 @@ def _libraw_error(exc: BaseException) -> DecodeError:
     detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     if isinstance(exc, OSError) and exc.errno is not None:
         if exc.errno == errno.ENOENT:
-            return DecodeError("vanished", "file disappeared while it was being read")
-        return DecodeError("unreadable", f"file cannot be read ({exc.strerror or exc})")
+            return DecodeError(FailReason.VANISHED, "file disappeared while it was being read")
+        return DecodeError(FailReason.UNREADABLE, f"file cannot be read ({exc.strerror or exc})")
     if isinstance(exc, rawpy.LibRawFileUnsupportedError):
-        return DecodeError("unsupported_format", f"file has a RAW extension but LibRaw cannot read it ({detail})")
+        return DecodeError(
+            FailReason.UNSUPPORTED_FORMAT, f"file has a RAW extension but LibRaw cannot read it ({detail})"
+        )
     if isinstance(exc, (rawpy.LibRawTooBigError, rawpy.LibRawUnsufficientMemoryError, MemoryError)):
-        return DecodeError("decompression_bomb", f"RAW image is too large to decode safely ({detail})")
-    return DecodeError("truncated", f"RAW data is corrupt or truncated ({detail})")
+        return DecodeError(FailReason.DECOMPRESSION_BOMB, f"RAW image is too large to decode safely ({detail})")
+    return DecodeError(FailReason.TRUNCATED, f"RAW data is corrupt or truncated ({detail})")
 
 
-def _preview(raw: Any, min_side: int) -> Image.Image | None:
+def _preview(raw: rawpy.RawPy, min_side: int) -> Image.Image | None:
     """The embedded preview when it is large enough and decodes, else None (the caller demosaics)."""
     import rawpy
 
@@ -125,7 +131,7 @@ def _preview(raw: Any, min_side: int) -> Image.Image | None:
     img: Image.Image
     try:
         if thumb.format == rawpy.ThumbFormat.JPEG:
-            img = Image.open(io.BytesIO(thumb.data))
+            img = Image.open(io.BytesIO(cast(bytes, thumb.data)))  # JPEG: the encoded file
             img.load()
         else:  # BITMAP: an (h, w, 3) uint8 array
             img = Image.fromarray(np.ascontiguousarray(thumb.data, dtype=np.uint8))
@@ -170,7 +176,7 @@ def decode_raw(
             sizes = raw.sizes
             if int(sizes.raw_width) * int(sizes.raw_height) > max_pixels:
                 raise DecodeError(
-                    "decompression_bomb",
+                    FailReason.DECOMPRESSION_BOMB,
                     f"RAW sensor is {sizes.raw_width}x{sizes.raw_height} = {sizes.raw_width * sizes.raw_height} "
                     f"pixels, more than the limit of {max_pixels}",
                 )

@@ -16,32 +16,34 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pmllm_batch.contracts import PhotoRecord, PhotoStatus, SkipReason
 from pmllm_batch.scan.discover import FileEntry
 from pmllm_batch.scan.raw import is_raw, jpeg_twin, raw_twins
-from pmllm_batch.scan.skip import RAW_PAIR, TOO_SMALL, too_small
+from pmllm_batch.scan.skip import too_small
+
+if TYPE_CHECKING:
+    from pmllm_batch.scan.plan import ScanPlan
 
 __all__ = ["replan"]
 
 
-def _stale(rec: Any, entry: FileEntry, twin_ok: bool | None, min_side: int) -> bool:
-    reason = getattr(rec, "error_reason", None)
-    status = getattr(rec, "status", None)
-    width, height = getattr(rec, "width", None), getattr(rec, "height", None)
-    if status == "skipped" and reason == TOO_SMALL:
-        return too_small(width, height, min_side) is None
-    if status == "ok" and too_small(width, height, min_side) is not None:
+def _stale(rec: PhotoRecord, entry: FileEntry, twin_ok: bool | None, min_side: int) -> bool:
+    status, reason = rec.status, rec.error_reason
+    if status == PhotoStatus.SKIPPED and reason == SkipReason.TOO_SMALL:
+        return too_small(rec.width, rec.height, min_side) is None
+    if status == PhotoStatus.OK and too_small(rec.width, rec.height, min_side) is not None:
         return True
     if twin_ok is not None and is_raw(entry.path):
-        paired = status == "skipped" and reason == RAW_PAIR
-        return paired != twin_ok and status in ("ok", "skipped")
+        paired = status == PhotoStatus.SKIPPED and reason == SkipReason.RAW_PAIR
+        return paired != twin_ok and status in (PhotoStatus.OK, PhotoStatus.SKIPPED)
     return False
 
 
 def replan(
-    plan: Any,
-    index: Mapping[str, Any],
+    plan: ScanPlan,
+    index: Mapping[str, PhotoRecord],
     roots: Sequence[Path],
     *,
     min_side: int,
@@ -51,7 +53,7 @@ def replan(
     """Move unchanged files whose skip state is stale from ``plan.entries``' unchanged part into ``plan.todo``.
 
     Args:
-        plan: The :class:`~pmllm_batch.scan.plan.ScanPlan` being built (changed in place).
+        plan: The plan being built (changed in place).
         index: Stored rows by path (``status``, ``error_reason``, ``width``, ``height``).
         roots: The scan roots.
         min_side: ``[scan] min_side``.
@@ -71,11 +73,11 @@ def replan(
                 except OSError:
                     continue
                 rec = index[name]
-                root = Path(getattr(rec, "root", "") or os.path.dirname(name))
+                root = Path(rec.root or os.path.dirname(name))
                 entry = FileEntry(path=Path(name), root=root, size=st.st_size, mtime_ns=st.st_mtime_ns)
                 entries[name] = entry
                 plan.entries.append(entry)
-                if (rec.size, rec.mtime_ns) == (entry.size, entry.mtime_ns) and rec.status != "missing":
+                if (rec.size, rec.mtime_ns) == (entry.size, entry.mtime_ns) and rec.status != PhotoStatus.MISSING:
                     plan.unchanged += 1
                 else:
                     plan.todo.append(entry)
@@ -86,8 +88,8 @@ def replan(
     for path, entry in entries.items():
         if path in todo_paths:
             continue
-        rec = index.get(path)
-        if rec is None:
+        stored = index.get(path)
+        if stored is None:
             continue
         twin_ok: bool | None = None
         if is_raw(path):
@@ -96,8 +98,8 @@ def replan(
                 moved.append(entry)  # decided again once the twin is read (the scorer reads RAWs last)
                 continue
             twin_rec = index.get(str(twin)) if twin is not None else None
-            twin_ok = str(twin) not in gone and getattr(twin_rec, "status", None) == "ok"
-        if _stale(rec, entry, twin_ok, min_side):
+            twin_ok = str(twin) not in gone and twin_rec is not None and twin_rec.status == PhotoStatus.OK
+        if _stale(stored, entry, twin_ok, min_side):
             moved.append(entry)
     for entry in moved:
         plan.todo.append(entry)

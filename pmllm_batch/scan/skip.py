@@ -1,8 +1,11 @@
 """Files that are photos but are not ranked: stored with status ``skipped`` and a reason (never scored).
 
-* ``too_small``: the shorter side is below ``[scan] min_side`` (an icon, a 10x15 tracking pixel): nothing to judge.
-* ``raw_pair``: a camera RAW whose JPEG twin (same folder, same stem) is in the library: the pair is one photo,
-  ranked by the JPEG's pixels (:mod:`pmllm_batch.scan.raw`).
+The reasons are :class:`~pmllm_batch.contracts.SkipReason` members:
+
+* ``SkipReason.TOO_SMALL``: the shorter side is below ``[scan] min_side`` (an icon, a 10x15 tracking pixel): nothing
+  to judge.
+* ``SkipReason.RAW_PAIR``: a camera RAW whose JPEG twin (same folder, same stem) is in the library: the pair is one
+  photo, ranked by the JPEG's pixels (:mod:`pmllm_batch.scan.raw`).
 
 A skipped row is re-read when its file changes, and the scan re-plans it when the reason no longer holds (the twin
 left or failed, ``min_side`` changed), so it never stays skipped for a stale reason.
@@ -10,11 +13,7 @@ left or failed, ``min_side`` changed), so it never stays skipped for a stale rea
 
 from __future__ import annotations
 
-__all__ = ["RAW_PAIR", "SKIP_REASONS", "TOO_SMALL", "raw_pair_message", "too_small"]
-
-TOO_SMALL = "too_small"
-RAW_PAIR = "raw_pair"
-SKIP_REASONS: frozenset[str] = frozenset({TOO_SMALL, RAW_PAIR})
+__all__ = ["raw_pair_message", "too_small"]
 
 
 def too_small(width: int | None, height: int | None, min_side: int) -> str | None:

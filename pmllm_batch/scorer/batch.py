@@ -40,7 +40,7 @@ from pmllm_batch.scan.discover import FileEntry
 from pmllm_batch.scan.plan import PathFilter, plan_scan
 from pmllm_batch.scan.raw import is_raw
 from pmllm_batch.scorer import stages
-from pmllm_batch.scorer.grouping import Grouper
+from pmllm_batch.scorer.linking import Grouper
 from pmllm_batch.scorer.known import KnownModel, ModelRegistry, model_recipe
 from pmllm_batch.scorer.models import LoadedModels, ModelCache
 from pmllm_batch.scorer.scoring import ProfileScoring
@@ -210,7 +210,7 @@ class LibraryScorer:
         return out
 
     def _group(self) -> None:
-        """Pool and link what is new: bursts and near-duplicates (:mod:`pmllm_batch.scorer.grouping`)."""
+        """Pool and link what is new: bursts and near-duplicates (:mod:`pmllm_batch.scorer.linking`)."""
         model = self.known_model()
         if model is None:
             return  # nothing was ever encoded with these settings

@@ -6,22 +6,33 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pmllm_batch.config import Settings
 from pmllm_batch.errors import UntrainedModelError
 from pmllm_batch.log import get_logger
 from pmllm_batch.model.spec import ModelSpec
 
+if TYPE_CHECKING:  # type-only: importing this module loads neither torch nor the model
+    from pmllm_batch.contracts import FeatureEncoder
+    from pmllm_batch.model.pmllm import PMLLM
+
 log = get_logger("models")
 
 
 @dataclass
 class LoadedModels:
-    model: Any  # PMLLM (LLM stage, torch)
-    vision: Any  # VisionRunner (ONNX or torch)
+    model: PMLLM  # the LLM stage (torch): projector, fusion, frozen LLM
+    vision: FeatureEncoder  # pixels → tower features (ONNX or torch runner)
     fingerprint: str  # identifies every score this pair produces
     preset: str
+
+    @property
+    def demo_note(self) -> str | None:
+        """What the scores of this model mean when it is a demo (:func:`pmllm_batch.model.presets.demo_note`)."""
+        from pmllm_batch.model.presets import demo_note
+
+        return demo_note(self.model.cfg)
 
 
 def load_models(settings: Settings, *, build_tower: bool | None = None) -> LoadedModels:
@@ -35,6 +46,7 @@ def load_models(settings: Settings, *, build_tower: bool | None = None) -> Loade
     from pmllm_batch.errors import ModelLoadError
     from pmllm_batch.model.checkpoint import fingerprint, vision_fingerprint
     from pmllm_batch.model.factory import attach_vision_tower
+    from pmllm_batch.model.presets import demo_note
     from pmllm_batch.runtime.onnx_export import is_complete
     from pmllm_batch.runtime.vision_runner import load_vision_runner
 
@@ -65,9 +77,9 @@ def load_models(settings: Settings, *, build_tower: bool | None = None) -> Loade
         log.info("no ONNX vision graph cached for %s yet: building the torch vision tower once to export it", vision_fp)
         attach_vision_tower(model, offline=m.offline)
 
-    def runner() -> Any:
+    def runner() -> FeatureEncoder:
         return load_vision_runner(
-            model,
+            model.exportable_tower(),  # None without the tower: then the cached graph must do
             fingerprint=vision_fp,
             backend=settings.vision.backend,
             variant=settings.vision.variant,
@@ -87,11 +99,11 @@ def load_models(settings: Settings, *, build_tower: bool | None = None) -> Loade
     if onnx:
         model.tower = None  # the ONNX graph replaces it; free the memory
     fp = fingerprint(model, vision_graph_id=vision.graph_id)
+    note = demo_note(model.cfg)
     log.info(
         "loaded %s (fingerprint %s, vision %s%s) in %.1fs on %s%s",
         model.cfg.name, fp, vision.graph_id, ", int8 LLM" if model.cfg.lm.quantize == "int8" else "",
-        time.perf_counter() - t0, device,
-        " — DEMO model: scores show the mechanism, not real taste" if model.cfg.demo else "",
+        time.perf_counter() - t0, device, f" — {note}" if note else "",
     )
     return LoadedModels(model, vision, fp, model.cfg.name)
 

@@ -216,7 +216,7 @@ def features_for(
     """
     from pmllm_batch.runtime.preprocess import preprocess_image
 
-    features = store.get_visual_tokens(list(hashes), encoder.graph_id)
+    features = store.get_features(list(hashes), encoder.graph_id)
     missing = [h for h in hashes if h not in features]
     if not missing:
         return features, {}
@@ -291,7 +291,7 @@ def write_photos(store: Store, batch: ReadBatch) -> None:
 def write_features(store: Store, features: Mapping[str, np.ndarray], graph_id: str, budget_bytes: int) -> None:
     """Cache tower features by (content hash, graph id); the least recently used go when over ``budget_bytes``."""
     if features:
-        store.put_visual_tokens(dict(features), graph_id, budget_bytes=budget_bytes)
+        store.put_features(dict(features), graph_id, budget_bytes=budget_bytes)
 
 
 def write_scores(store: Store, model_id: int, rows: Sequence[ScoreRow]) -> int:

@@ -56,7 +56,7 @@ def with_model_options(args: argparse.Namespace, settings: Settings) -> Settings
 def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_model_options(args, settings)
     from pmllm_batch.db import Store
-    from pmllm_batch.outputs.grouping import RankingView
+    from pmllm_batch.outputs.bursts import RankingView
     from pmllm_batch.scorer.batch import LibraryScorer
 
     roots = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
@@ -91,13 +91,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             out.write(f"{r.rank:4d}. {r.score:.3f}  {r.path}{note}\n")
     out.write("\n" + _summary_line(s) + "\n")
     unranked = []
-    if s.get("too_small"):
-        unranked.append(f"{plural(s['too_small'], 'photo')} too small to judge (shorter side below [scan] min_side "
-                        f"= {settings.scan.min_side} px)")
-    if s.get("raw_pairs"):
-        unranked.append(f"{plural(s['raw_pairs'], 'RAW file')} shown as the JPEG shot with it")
+    if summary.too_small:
+        unranked.append(f"{plural(summary.too_small, 'photo')} too small to judge (shorter side below [scan] "
+                        f"min_side = {settings.scan.min_side} px)")
+    if summary.raw_pairs:
+        unranked.append(f"{plural(summary.raw_pairs, 'RAW file')} shown as the JPEG shot with it")
     if unranked:
         out.write("  not ranked: " + "; ".join(unranked) + "\n")
-    for f in s["failures"]:
+    for f in summary.failures:
         out.write(f"  failed: {f['path']}: {f['reason']} — {f['message']}\n")
     return 0

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from pmllm_batch.db.groups import LSH_TABLES, EmbeddingRow
+from pmllm_batch.db.links import LSH_TABLES, EmbeddingRow
 from pmllm_batch.db.store import Store
 from pmllm_batch.log import get_logger
 
-log = get_logger("scorer.grouping")
+log = get_logger("scorer.linking")
 
 POOL_DIM = 256  # pooled embeddings wider than this are projected down to it
 MIN_DIM = 16  # narrower visual tokens (a stand-in model's) cannot tell photos apart: not grouped
@@ -208,7 +208,7 @@ class Grouper:
         cached = sorted(self.store.cached_hashes(missing, vision_id))
         added = 0
         for i in range(0, len(cached), chunk):
-            added += self.add_tokens(self.store.get_visual_tokens(cached[i : i + chunk], vision_id), vision_id)
+            added += self.add_tokens(self.store.get_features(cached[i : i + chunk], vision_id), vision_id)
         if added:
             log.info("pooled embeddings for %d photos scored before grouping existed", added)
         return added

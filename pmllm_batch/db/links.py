@@ -1,11 +1,12 @@
-"""Bursts, near-duplicates and RAW twins: the ``photo_embeddings``, ``photo_links`` and ``group_state`` tables.
+"""Links between photos (bursts, near-duplicates) and RAW twins: the ``photo_embeddings``, ``photo_links`` and
+``group_state`` tables.
 
-The scorer (:mod:`pmllm_batch.scorer.grouping`) stores one pooled visual embedding per content hash and vision graph,
-compares each new one with a few *candidates* only (photos taken within seconds of it, or sharing one of its
-locality-sensitive hash buckets) and records every pair that is nearly the same photo as a link. The outputs read the
-links of the photos they show and show each connected group once per person (:mod:`pmllm_batch.outputs.grouping`).
+The scorer's burst linker stores one pooled visual embedding per content hash and vision graph, compares each new one
+with a few *candidates* only (photos taken within seconds of it, or sharing one of its locality-sensitive hash buckets)
+and records every pair that is nearly the same photo as a link. The outputs read the links of the photos they show and
+show each connected group once per person (:mod:`pmllm_batch.outputs.bursts`).
 
-The SQL lives in module functions taking a Session; :class:`GroupStore` is the part of the
+The SQL lives in module functions taking a Session; :class:`LinkStore` is the part of the
 :class:`~pmllm_batch.db.store.Store` facade that calls them, each method one short transaction.
 """
 
@@ -16,11 +17,12 @@ import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy import Executable, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from pmllm_batch.contracts import JSON, JSONDict, PhotoStatus, SkipReason
 from pmllm_batch.db import models
 from pmllm_batch.db.schema import GroupState, ModelRow, Photo, PhotoEmbedding, PhotoLink
 from pmllm_batch.db.sql import RowValues, chunks, insert_ignore, table_of
@@ -30,10 +32,9 @@ if TYPE_CHECKING:
 
     from pmllm_batch.db.engine import Database
 
-__all__ = ["EmbeddingRow", "GroupStore", "LSH_TABLES", "taken_seconds"]
+__all__ = ["EmbeddingRow", "LSH_TABLES", "LinkStore", "taken_seconds"]
 
 LSH_TABLES = 4  # columns lsh0 .. lsh3
-RAW_PAIR = "raw_pair"  # the skip reason of a RAW ranked as its JPEG twin (pmllm_batch.scan.skip.RAW_PAIR)
 
 
 @dataclass
@@ -71,7 +72,7 @@ _COLUMNS = (
 _LSH = (PhotoEmbedding.lsh0, PhotoEmbedding.lsh1, PhotoEmbedding.lsh2, PhotoEmbedding.lsh3)
 
 
-def _rows(s: Session, stmt: Any) -> list[EmbeddingRow]:
+def _rows(s: Session, stmt: Executable) -> list[EmbeddingRow]:
     return [
         EmbeddingRow(h, _vector(data, dim), taken, (l0, l1, l2, l3))
         for h, dim, data, taken, l0, l1, l2, l3 in s.execute(stmt)
@@ -147,7 +148,7 @@ def capture_times(s: Session, hashes: Sequence[str]) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for chunk in chunks(list(dict.fromkeys(hashes))):
         stmt = select(Photo.content_hash, Photo.taken_at).where(Photo.content_hash.in_(list(chunk)))
-        for h, taken_at in s.execute(stmt.order_by(Photo.status != "ok")):
+        for h, taken_at in s.execute(stmt.order_by(Photo.status != PhotoStatus.OK)):
             if h is not None and out.get(h) is None:
                 out[h] = taken_seconds(taken_at)
     return out
@@ -205,17 +206,20 @@ def links(s: Session, vision_id: str) -> list[tuple[str, str, float]]:
     return [(a, b, float(sim)) for a, b, sim in s.execute(stmt)]
 
 
-def state(s: Session, vision_id: str) -> tuple[dict[str, Any], np.ndarray | None, int] | None:
+def state(s: Session, vision_id: str) -> tuple[JSONDict, np.ndarray | None, int] | None:
     import numpy as np
 
     row = s.get(GroupState, vision_id)
     if row is None:
         return None
     center = np.frombuffer(row.center, dtype="<f4").astype(np.float32) if row.center else None
-    return json.loads(row.params_json), center, int(row.center_n or 0)
+    params: JSONDict = json.loads(row.params_json)
+    return params, center, int(row.center_n or 0)
 
 
-def set_state(s: Session, vision_id: str, params: Mapping[str, Any], center: np.ndarray | None, center_n: int) -> None:
+def set_state(
+    s: Session, vision_id: str, params: Mapping[str, JSON], center: np.ndarray | None, center_n: int
+) -> None:
     import numpy as np
 
     row = s.get(GroupState, vision_id)
@@ -255,15 +259,15 @@ def set_buckets(s: Session, vision_id: str, buckets: Mapping[str, Sequence[int]]
 def raw_twins(s: Session) -> dict[tuple[str, str], list[str]]:
     """(folder, stem) -> paths of RAW files stored as ``raw_pair`` (ranked as the JPEG with that folder and stem)."""
     out: dict[tuple[str, str], list[str]] = {}
-    stmt = select(Photo.path).where(Photo.status == "skipped", Photo.error_reason == RAW_PAIR)
+    stmt = select(Photo.path).where(Photo.status == PhotoStatus.SKIPPED, Photo.error_reason == SkipReason.RAW_PAIR)
     for (path,) in s.execute(stmt):
         folder, name = os.path.split(path)
         out.setdefault((folder, os.path.splitext(name)[0]), []).append(path)
     return {k: sorted(v) for k, v in out.items()}
 
 
-def statuses(s: Session, paths: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def statuses(s: Session, paths: Sequence[str]) -> dict[str, PhotoStatus]:
+    out: dict[str, PhotoStatus] = {}
     for chunk in chunks(list(dict.fromkeys(paths))):
         out.update((p, st) for p, st in s.execute(select(Photo.path, Photo.status).where(Photo.path.in_(list(chunk)))))
     return out
@@ -289,8 +293,8 @@ def vision_of(s: Session, model_id: int | None) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class GroupStore:
-    """Bursts, near-duplicates and RAW twins: the :class:`~pmllm_batch.db.store.Store` methods for them."""
+class LinkStore:
+    """Links (bursts, near-duplicates) and RAW twins: the :class:`~pmllm_batch.db.store.Store` methods for them."""
 
     _db: Database
 
@@ -364,13 +368,13 @@ class GroupStore:
         with self._db.read() as s:
             return links(s, vision_id)
 
-    def group_state(self, vision_id: str) -> tuple[dict[str, Any], np.ndarray | None, int] | None:
+    def group_state(self, vision_id: str) -> tuple[JSONDict, np.ndarray | None, int] | None:
         """(link settings, LSH centre, embeddings the centre came from) for ``vision_id``, or None."""
         with self._db.read() as s:
             return state(s, vision_id)
 
     def set_group_state(
-        self, vision_id: str, params: Mapping[str, Any], center: np.ndarray | None, center_n: int, *,
+        self, vision_id: str, params: Mapping[str, JSON], center: np.ndarray | None, center_n: int, *,
         relink: bool = False, buckets: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         """Record link settings and LSH centre; ``relink`` forgets every link first, ``buckets`` re-files embeddings
@@ -392,7 +396,7 @@ class GroupStore:
         with self._db.read() as s:
             return raw_twins(s)
 
-    def photo_statuses(self, paths: Sequence[str]) -> dict[str, str]:
+    def photo_statuses(self, paths: Sequence[str]) -> dict[str, PhotoStatus]:
         """Status of each of ``paths`` that has a photo row."""
         if not paths:
             return {}

@@ -1,4 +1,7 @@
-"""The ``visual_tokens`` table: cached vision output per content hash and vision graph, as float16 bytes.
+"""The ``features`` table: the feature cache, tower features per content hash and vision graph, as float16 bytes.
+
+*Features* are the vision tower's output (before the projector), (n_feat, D_vis) per photo; the projector turns them
+into *tokens* each time a photo is scored, so the cache does not depend on the adapter.
 
 The cache is bounded: :func:`evict` deletes the least recently used entries (written or read longest ago) until
 the blobs fit a byte budget, and counts them in the meta table (``status`` shows the count). An evicted photo
@@ -16,7 +19,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from pmllm_batch.db import meta
-from pmllm_batch.db.schema import META_CACHE_EVICTED, VisualTokens
+from pmllm_batch.db.schema import META_CACHE_EVICTED, CachedFeatures
 from pmllm_batch.db.sql import RowValues, chunks, insert_ignore, table_of
 
 if TYPE_CHECKING:
@@ -56,8 +59,8 @@ def get(s: Session, hashes: Sequence[str], vision_id: str) -> dict[str, np.ndarr
 
     out: dict[str, np.ndarray] = {}
     for chunk in chunks(list(dict.fromkeys(hashes))):
-        stmt = select(VisualTokens.content_hash, VisualTokens.shape_json, VisualTokens.data).where(
-            VisualTokens.vision_id == vision_id, VisualTokens.content_hash.in_(list(chunk))
+        stmt = select(CachedFeatures.content_hash, CachedFeatures.shape_json, CachedFeatures.data).where(
+            CachedFeatures.vision_id == vision_id, CachedFeatures.content_hash.in_(list(chunk))
         )
         for h, shape_json, data in s.execute(stmt):
             shape = tuple(json.loads(shape_json))
@@ -69,16 +72,16 @@ def touch(s: Session, hashes: Sequence[str], vision_id: str) -> None:
     """Mark entries as just used (they move to the back of the eviction queue)."""
     now = _now()
     for chunk in chunks(list(dict.fromkeys(hashes))):
-        s.execute(update(VisualTokens).where(VisualTokens.vision_id == vision_id,
-                                             VisualTokens.content_hash.in_(list(chunk))).values(used_at=now))
+        s.execute(update(CachedFeatures).where(CachedFeatures.vision_id == vision_id,
+                                               CachedFeatures.content_hash.in_(list(chunk))).values(used_at=now))
 
 
 def present(s: Session, hashes: Sequence[str], vision_id: str) -> set[str]:
     """Which of ``hashes`` are cached under ``vision_id`` (without reading their blobs)."""
     out: set[str] = set()
     for chunk in chunks(list(dict.fromkeys(hashes))):
-        stmt = select(VisualTokens.content_hash).where(
-            VisualTokens.vision_id == vision_id, VisualTokens.content_hash.in_(list(chunk))
+        stmt = select(CachedFeatures.content_hash).where(
+            CachedFeatures.vision_id == vision_id, CachedFeatures.content_hash.in_(list(chunk))
         )
         out.update(s.scalars(stmt))
     return out
@@ -86,7 +89,7 @@ def present(s: Session, hashes: Sequence[str], vision_id: str) -> set[str]:
 
 def put(s: Session, rows: list[RowValues]) -> int:
     """Insert rows from :func:`encode`; keys already cached are left as they are. Returns how many were new."""
-    return insert_ignore(s, table_of(VisualTokens), rows, ["content_hash", "vision_id"])
+    return insert_ignore(s, table_of(CachedFeatures), rows, ["content_hash", "vision_id"])
 
 
 def evict(s: Session, budget_bytes: int) -> int:
@@ -96,12 +99,12 @@ def evict(s: Session, budget_bytes: int) -> int:
     """
     if budget_bytes <= 0:
         return 0
-    total = int(s.execute(select(func.coalesce(func.sum(VisualTokens.nbytes), 0))).scalar_one())
+    total = int(s.execute(select(func.coalesce(func.sum(CachedFeatures.nbytes), 0))).scalar_one() or 0)
     if total <= budget_bytes:
         return 0
     victims: list[tuple[str, str]] = []
-    stmt = select(VisualTokens.content_hash, VisualTokens.vision_id, VisualTokens.nbytes).order_by(
-        VisualTokens.used_at.asc(), VisualTokens.content_hash.asc()
+    stmt = select(CachedFeatures.content_hash, CachedFeatures.vision_id, CachedFeatures.nbytes).order_by(
+        CachedFeatures.used_at.asc(), CachedFeatures.content_hash.asc()
     )
     for h, vid, nbytes in s.execute(stmt):
         if total <= budget_bytes:
@@ -109,7 +112,7 @@ def evict(s: Session, budget_bytes: int) -> int:
         victims.append((h, vid))
         total -= int(nbytes or 0)
     for chunk in chunks(victims):
-        s.execute(delete(VisualTokens).where(tuple_(VisualTokens.content_hash, VisualTokens.vision_id).in_(
+        s.execute(delete(CachedFeatures).where(tuple_(CachedFeatures.content_hash, CachedFeatures.vision_id).in_(
             list(chunk))))
     meta.set_value(s, META_CACHE_EVICTED, str(evicted_count(s) + len(victims)))
     return len(victims)
@@ -126,5 +129,5 @@ def evicted_count(s: Session) -> int:
 
 def totals(s: Session) -> tuple[int, int]:
     """(number of cached entries, total bytes of their blobs)."""
-    n, total = s.execute(select(func.count(), func.coalesce(func.sum(func.length(VisualTokens.data)), 0))).one()
+    n, total = s.execute(select(func.count(), func.coalesce(func.sum(func.length(CachedFeatures.data)), 0))).one()
     return int(n), int(total)

@@ -1,4 +1,5 @@
-"""What people see of a ranking: bursts once, RAW+JPEG pairs and copies as one photo, only the part asked for.
+"""Bursts collapsed: what people see of a ranking, each burst once, RAW+JPEG pairs and copies as one photo, only the
+part asked for.
 
 Every output (``rank``, ``export``, ``albums``, ``report``, ``xmp``) reads a person's ranking through
 :class:`RankingView`:
@@ -6,8 +7,9 @@ Every output (``rank``, ``export``, ``albums``, ``report``, ``xmp``) reads a per
 * **one photo, every file**: each row lists all files of its content (``paths``): exact duplicates (the same bytes at
   several paths) and the RAW twin of a RAW+JPEG pair (the scan stores the RAW as ``raw_pair``; its JPEG is ranked);
 * **bursts and near-duplicates once** (unless ``group=False``, the ``--no-group`` flag): photos the scorer linked
-  (:mod:`pmllm_batch.scorer.grouping`) form a group, shown by the member this person scored best, with
-  ``group_size`` and the other members' paths (``group``); another person may see another member of the same group;
+  (the ``photo_links`` table, :mod:`pmllm_batch.db.links`) form a group, shown by the member this person scored best,
+  with ``group_size`` and the other members' paths (``group``); another person may see another member of the same
+  group;
 * **scope** (:class:`~pmllm_batch.outputs.scope.Scope`): folders and a capture-date range.
 
 Groups are connected components of the links among the photos of the person's whole ranking, so a burst split by a
