@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pmllm_batch.errors import UserError
+from pmllm_batch.preprocess_cfg import PreprocessCfg
 from pmllm_batch.profiles import Profile
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+    from pmllm_batch.model.pmllm import PMLLM
 
 EXAMPLE_PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
 MIN_PERSONA_TOKENS = 120
@@ -71,7 +78,18 @@ BENCH_PROFILES: tuple[Profile, ...] = (
 )
 
 
-def persona_token_counts(model: Any, profiles: Sequence[Profile]) -> list[dict[str, Any]]:
+@dataclass
+class PersonaTokens:
+    """Token counts of one profile's prompt with a model's tokenizer."""
+
+    profile: str
+    persona_tokens: int
+    unknown_tokens: int
+    prefix_tokens: int
+    suffix_tokens: int
+
+
+def persona_token_counts(model: PMLLM, profiles: Sequence[Profile]) -> list[PersonaTokens]:
     """Persona, prefix and suffix token counts of each profile's prompt with the model's tokenizer."""
     from pmllm_batch.model.prompts import render_persona
 
@@ -79,16 +97,16 @@ def persona_token_counts(model: Any, profiles: Sequence[Profile]) -> list[dict[s
     for p in profiles:
         persona = render_persona(p)
         prompt = model.prompt(persona)
-        ids = model.tokenizer(persona, add_special_tokens=False)["input_ids"]
-        unk = getattr(model.tokenizer, "unk_token_id", None)
+        ids: list[int] = model.tokenizer(persona, add_special_tokens=False)["input_ids"]
+        unk: int | None = getattr(model.tokenizer, "unk_token_id", None)
         rows.append(
-            {
-                "profile": p.name,
-                "persona_tokens": len(ids),
-                "unknown_tokens": ids.count(unk) if unk is not None else 0,
-                "prefix_tokens": len(prompt.prefix_ids),
-                "suffix_tokens": len(prompt.suffix_ids),
-            }
+            PersonaTokens(
+                profile=p.name,
+                persona_tokens=len(ids),
+                unknown_tokens=ids.count(unk) if unk is not None else 0,
+                prefix_tokens=len(prompt.prefix_ids),
+                suffix_tokens=len(prompt.suffix_ids),
+            )
         )
     return rows
 
@@ -112,35 +130,41 @@ def make_photo_variants(sources: Sequence[Path], out: Path, n: int, start: int =
     Variant ``i`` is source ``i % len(sources)``, cropped by 2–14 % at an offset that depends on ``i``,
     mirrored on odd rounds and toned slightly; so every file has its own content hash and real-photo statistics.
     """
-    from PIL import Image, ImageEnhance, ImageOps
+    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
-    images = []
+    images: list[Image.Image] = []
     for p in sources:
         with Image.open(p) as im:
             images.append(im.convert("RGB"))
     paths = []
     for i in range(start, start + n):
-        src, k = i % len(sources), i // len(sources)
-        img = images[src]
-        w, h = img.size
-        frac = 0.02 + 0.03 * (k % 5)
-        dx, dy = max(1, int(w * frac)), max(1, int(h * frac))
-        ox, oy = (k * 7) % (dx + 1), (k * 11) % (dy + 1)
-        v = img.crop((ox, oy, w - dx + ox, h - dy + oy))
-        if k % 2:
-            v = ImageOps.mirror(v)
-        if k % 3 == 1:
-            v = ImageEnhance.Brightness(v).enhance(1.08)
-        elif k % 3 == 2:
-            v = ImageEnhance.Color(v).enhance(0.85)
+        src = i % len(sources)
         path = out / f"{Path(sources[src]).stem}-{i:04d}.jpg"
-        v.save(path, quality=90)
+        _variant(images[src], i // len(sources)).save(path, quality=90)
         paths.append(path)
     return paths
 
 
-def load_pixels(paths: Sequence[Path], preprocess: Any) -> np.ndarray:
+def _variant(img: PIL.Image.Image, k: int) -> PIL.Image.Image:
+    """Round ``k``'s variant of one source image: cropped, mirrored on odd rounds, toned on two rounds of three."""
+    from PIL import ImageEnhance, ImageOps
+
+    w, h = img.size
+    frac = 0.02 + 0.03 * (k % 5)
+    dx, dy = max(1, int(w * frac)), max(1, int(h * frac))
+    ox, oy = (k * 7) % (dx + 1), (k * 11) % (dy + 1)
+    v = img.crop((ox, oy, w - dx + ox, h - dy + oy))
+    if k % 2:
+        v = ImageOps.mirror(v)
+    if k % 3 == 1:
+        v = ImageEnhance.Brightness(v).enhance(1.08)
+    elif k % 3 == 2:
+        v = ImageEnhance.Color(v).enhance(0.85)
+    return v
+
+
+def load_pixels(paths: Sequence[Path], preprocess: PreprocessCfg) -> np.ndarray:
     """Decode and preprocess photos exactly as the scorer does. Returns: (B, 3, S, S) float32."""
     from PIL import Image
 

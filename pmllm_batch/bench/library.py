@@ -16,30 +16,106 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .codec import Json, from_json, to_json
 from .inputs import BENCH_PROFILES, SEED, make_photo_variants
 from .models import random_cpu_model
 from .timing import set_threads
 
 if TYPE_CHECKING:
-    from pmllm_batch.scorer.batch import RunSummary
+    from pmllm_batch.config import Settings
+    from pmllm_batch.db.store import Store
+    from pmllm_batch.scorer.batch import LibraryScorer, RunSummary
+    from pmllm_batch.scorer.models import LoadedModels, ModelCache
 
 N_NEW_PHOTOS = 10
 
 
-def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int, checkpoint: str = "") -> Any:
+@dataclass
+class LibrarySpec:
+    """What a library child runs: one preset's library in ``work``, ``n_photos`` then ``n_new`` more."""
+
+    preset: str
+    work: str  # folder
+    cache_dir: str  # the cache of run_bench's ONNX export: the child's model has the same fingerprint
+    photos: list[str]  # source photos the library's variants are made from
+    n_photos: int
+    n_new: int
+    threads: int
+    checkpoint: str = ""  # "none": an untrained adapter (smol before its adapter ships), for timing only
+
+
+@dataclass
+class FirstRun:
+    """The first run: every photo new, two profiles."""
+
+    profiles: int
+    wall_s: float
+    encoded: int
+    scored: int
+    failed: int
+    images_per_s: float  # photos / wall_s
+    pairs_per_s: float  # scored / wall_s
+
+
+@dataclass
+class LaterRun:
+    """A run after the first, with all three profiles: what it encoded and scored, and its cost against the first."""
+
+    profiles: int
+    wall_s: float
+    encoded: int
+    scored: int
+    wall_vs_first: float  # wall_s / the first run's wall_s
+
+
+@dataclass
+class LibraryResult:
+    """Sections 3 and 4 for one preset (an entry of the JSON object ``library``)."""
+
+    preset: str
+    model: str
+    load_s: float
+    threads: int
+    torch_threads: int
+    vision_graph: str
+    vision_batch: int
+    score_batch: int
+    photos: int
+    new_photos: int
+    first_run: FirstRun
+    new_profile_run: LaterRun
+    new_photos_run: LaterRun
+    visual_cache_entries: int
+    visual_cache_bytes: int
+    visual_cache_bytes_per_image: float  # visual_cache_bytes / visual_cache_entries
+    db_bytes: int | None
+    rss_after_load_mb: float | None
+    rss_end_mb: float | None
+    peak_rss_mb: float
+
+
+@dataclass
+class SectionError:
+    """A section (or one preset's library runs) that failed: the error in place of its figures."""
+
+    error: str
+
+
+def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int, checkpoint: str = "") -> Settings:
     """Shipped defaults plus the bench's own paths; no user config file or PMLLM_* variable can leak in.
 
     ``checkpoint="none"`` (smol before its adapter ships): an untrained adapter, allowed for timing only.
     """
     from pmllm_batch.config import load_config
 
-    model: dict[str, Any] = {"preset": preset, "offline": True, "device": "cpu", "checkpoint": checkpoint}
+    model: dict[str, object] = {"preset": preset, "offline": True, "device": "cpu", "checkpoint": checkpoint}
     if checkpoint == "none":
         model["allow_untrained"] = True
-    overrides: dict[str, dict[str, Any]] = {
+    overrides: dict[str, dict[str, object]] = {
         "model": model,
         "db": {"url": f"sqlite:///{work / 'library.sqlite'}"},
         "paths": {"data_dir": str(work / "data"), "cache_dir": str(cache_dir)},
@@ -53,7 +129,7 @@ def _library_settings(work: Path, cache_dir: Path, preset: str, threads: int, ch
     return load_config(None, overrides=overrides, env={"HOME": str(work / "home")})
 
 
-def _random_cpu_loader(settings: Any, build_tower: bool | None = None) -> Any:
+def _random_cpu_loader(settings: Settings, build_tower: bool | None = None) -> LoadedModels:
     """``ModelCache`` loader for the random-weight cpu model (what ``scorer.models.load_models`` does for a preset):
     the torch tower is built only when the ONNX export is missing, unless ``build_tower``."""
     import torch
@@ -72,7 +148,7 @@ def _random_cpu_loader(settings: Any, build_tower: bool | None = None) -> Any:
         if not is_complete(settings.cache_dir() / "onnx" / random_vision_fingerprint(model)):
             model = random_cpu_model(SEED)  # first use: the export needs the tower (same weights otherwise)
     vision = load_vision_runner(
-        model,
+        model.exportable_tower(),
         fingerprint=random_vision_fingerprint(model),
         backend="onnx",
         variant=settings.vision.variant,
@@ -85,98 +161,98 @@ def _random_cpu_loader(settings: Any, build_tower: bool | None = None) -> Any:
     return LoadedModels(model, vision, fingerprint(model, vision_graph_id=vision.graph_id), model.cfg.name)
 
 
-def library_runs(spec: dict[str, Any]) -> dict[str, Any]:
-    """Sections 3 and 4 for one preset, with the real scorer (run in a child process by :func:`run_bench`).
-
-    Spec keys: preset, work (folder), cache_dir, photos (source files), n_photos, n_new, threads.
-    """
+def library_runs(spec: LibrarySpec) -> LibraryResult:
+    """Sections 3 and 4 for one preset, with the real scorer (run in a child process by :func:`run_bench`)."""
     import torch
 
     from pmllm_batch.db.store import Store
-    from pmllm_batch.model.prompts import render_persona
-    from pmllm_batch.scorer.batch import LibraryScorer
     from pmllm_batch.scorer.models import ModelCache
 
-    preset, threads = spec["preset"], int(spec["threads"])
-    work = Path(spec["work"])
-    set_threads(threads)
-    sources = [Path(p) for p in spec["photos"]]
-    lib, staging = work / "library", work / "new-photos"
-    n, n_new = int(spec["n_photos"]), int(spec["n_new"])
-    make_photo_variants(sources, lib, n)
-    new_files = make_photo_variants(sources, staging, n_new, start=n)
-    settings = _library_settings(work, Path(spec["cache_dir"]), preset, threads, spec.get("checkpoint", ""))
-    loader = _random_cpu_loader if preset == "cpu" else None
-    models = ModelCache(settings, loader=loader) if loader else ModelCache(settings)
+    work = Path(spec.work)
+    set_threads(spec.threads)
+    sources = [Path(p) for p in spec.photos]
+    lib = work / "library"
+    make_photo_variants(sources, lib, spec.n_photos)
+    new_files = make_photo_variants(sources, work / "new-photos", spec.n_new, start=spec.n_photos)
+    settings = _library_settings(work, Path(spec.cache_dir), spec.preset, spec.threads, spec.checkpoint)
+    models = ModelCache(settings, loader=_random_cpu_loader) if spec.preset == "cpu" else ModelCache(settings)
     t0 = time.perf_counter()
     loaded = models.get()  # load outside the timed runs: a daemon or a second run pays it once
     load_s = time.perf_counter() - t0
     rss_loaded = _proc_status_mb("VmRSS")
-    first_two, third = BENCH_PROFILES[:2], BENCH_PROFILES[2]
-    out: dict[str, Any] = {
-        "preset": preset,
-        "model": loaded.model.cfg.name,
-        "load_s": load_s,
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "vision_graph": loaded.vision.graph_id,
-        "vision_batch": settings.vision.batch_size,
-        "score_batch": settings.score.batch_size,
-    }
     with Store(settings.db_url()) as store:
-        for p in first_two:
-            store.upsert_profile(p, render_persona(p))
-        scorer = LibraryScorer(settings, store, models=models)
-
-        def timed_run() -> tuple[RunSummary, float]:
-            t = time.perf_counter()
-            summary = scorer.run([lib])
-            return summary, time.perf_counter() - t
-
-        s1, t1 = timed_run()
-        store.upsert_profile(third, render_persona(third))
-        s2, t2 = timed_run()
-        for f in new_files:
-            shutil.move(str(f), lib / f.name)
-        s3, t3 = timed_run()
-        entries, cache_bytes = store.visual_cache_bytes()
+        runs = _three_runs(settings, store, models, lib, new_files)
+        entries, cache_bytes = store.feature_cache_bytes()
     db_file = work / "library.sqlite"
-    out.update(
-        {
-            "photos": n,
-            "new_photos": n_new,
-            "first_run": {
-                "profiles": 2,
-                "wall_s": t1,
-                "encoded": s1.encoded,
-                "scored": s1.scored,
-                "failed": s1.failed,
-                "images_per_s": n / t1,
-                "pairs_per_s": s1.scored / t1,
-            },
-            "new_profile_run": _later_run(s2, t2, t1),
-            "new_photos_run": _later_run(s3, t3, t1),
-            "visual_cache_entries": entries,
-            "visual_cache_bytes": cache_bytes,
-            "visual_cache_bytes_per_image": cache_bytes / max(entries, 1),
-            "db_bytes": db_file.stat().st_size if db_file.exists() else None,
-            "rss_after_load_mb": rss_loaded,
-            "rss_end_mb": _proc_status_mb("VmRSS"),
-            "peak_rss_mb": _peak_rss_mb(),
-        }
+    s1, t1 = runs[0]
+    return LibraryResult(
+        preset=spec.preset,
+        model=loaded.model.cfg.name,
+        load_s=load_s,
+        threads=spec.threads,
+        torch_threads=torch.get_num_threads(),
+        vision_graph=loaded.vision.graph_id,
+        vision_batch=settings.vision.batch_size,
+        score_batch=settings.score.batch_size,
+        photos=spec.n_photos,
+        new_photos=spec.n_new,
+        first_run=FirstRun(
+            profiles=2,
+            wall_s=t1,
+            encoded=s1.encoded,
+            scored=s1.scored,
+            failed=s1.failed,
+            images_per_s=spec.n_photos / t1,
+            pairs_per_s=s1.scored / t1,
+        ),
+        new_profile_run=_later_run(*runs[1], t1),
+        new_photos_run=_later_run(*runs[2], t1),
+        visual_cache_entries=entries,
+        visual_cache_bytes=cache_bytes,
+        visual_cache_bytes_per_image=cache_bytes / max(entries, 1),
+        db_bytes=db_file.stat().st_size if db_file.exists() else None,
+        rss_after_load_mb=rss_loaded,
+        rss_end_mb=_proc_status_mb("VmRSS"),
+        peak_rss_mb=_peak_rss_mb(),
     )
-    return out
 
 
-def _later_run(summary: RunSummary, wall_s: float, first_wall_s: float) -> dict[str, Any]:
+def _three_runs(
+    settings: Settings, store: Store, models: ModelCache, lib: Path, new_files: list[Path]
+) -> list[tuple[RunSummary, float]]:
+    """The library's three runs, each (summary, wall seconds): two profiles; a third profile added; new photos moved
+    into the library."""
+    from pmllm_batch.model.prompts import render_persona
+    from pmllm_batch.scorer.batch import LibraryScorer
+
+    first_two, third = BENCH_PROFILES[:2], BENCH_PROFILES[2]
+    for p in first_two:
+        store.upsert_profile(p, render_persona(p))
+    scorer = LibraryScorer(settings, store, models=models)
+    runs = [_timed_run(scorer, lib)]
+    store.upsert_profile(third, render_persona(third))
+    runs.append(_timed_run(scorer, lib))
+    for f in new_files:
+        shutil.move(str(f), lib / f.name)
+    runs.append(_timed_run(scorer, lib))
+    return runs
+
+
+def _timed_run(scorer: LibraryScorer, lib: Path) -> tuple[RunSummary, float]:
+    t = time.perf_counter()
+    summary = scorer.run([lib])
+    return summary, time.perf_counter() - t
+
+
+def _later_run(summary: RunSummary, wall_s: float, first_wall_s: float) -> LaterRun:
     """Figures of a run after the first, with all three profiles (what it encoded, scored, and its relative cost)."""
-    return {
-        "profiles": 3,
-        "wall_s": wall_s,
-        "encoded": summary.encoded,
-        "scored": summary.scored,
-        "wall_vs_first": wall_s / first_wall_s,
-    }
+    return LaterRun(
+        profiles=3,
+        wall_s=wall_s,
+        encoded=summary.encoded,
+        scored=summary.scored,
+        wall_vs_first=wall_s / first_wall_s,
+    )
 
 
 def _proc_status_mb(field: str) -> float | None:
@@ -201,11 +277,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def run_worker(flag: str, spec: dict[str, Any], spec_file: Path, result_file: Path, what: str,
-               timeout_s: float) -> dict[str, Any]:
-    """Run ``python -m pmllm_batch.bench FLAG SPEC RESULT`` in a fresh interpreter (its peak RSS is then its own)."""
+def run_worker(flag: str, spec: object, spec_file: Path, result_file: Path, what: str, timeout_s: float) -> Json:
+    """Run ``python -m pmllm_batch.bench FLAG SPEC RESULT`` in a fresh interpreter (its peak RSS is then its own).
+
+    ``spec`` is a dataclass (written as JSON); returns the JSON object the child wrote.
+
+    Raises:
+        RuntimeError: the child failed (the tail of its stderr says why).
+        subprocess.TimeoutExpired: it ran past ``timeout_s``.
+    """
     result_file.unlink(missing_ok=True)
-    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    payload = to_json(spec)
+    spec_file.write_text(json.dumps(payload), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMLLM_")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     proc = subprocess.run(
@@ -218,20 +301,22 @@ def run_worker(flag: str, spec: dict[str, Any], spec_file: Path, result_file: Pa
     )
     if proc.returncode != 0 or not result_file.is_file():
         tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-        raise RuntimeError(f"{what} bench for preset {spec['preset']} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(result_file.read_text(encoding="utf-8"))
+        preset = payload.get("preset", "?")
+        raise RuntimeError(f"{what} bench for preset {preset} failed (exit {proc.returncode}):\n{tail}")
+    result: Json = json.loads(result_file.read_text(encoding="utf-8"))
+    return result
 
 
-def run_library_child(spec: dict[str, Any], timeout_s: float = 900) -> dict[str, Any]:
+def run_library_child(spec: LibrarySpec, timeout_s: float = 900) -> LibraryResult:
     """Run :func:`library_runs` in a fresh interpreter (its peak RSS is then the scorer's own)."""
-    work = Path(spec["work"])
+    work = Path(spec.work)
     work.mkdir(parents=True, exist_ok=True)
-    return run_worker("--library-worker", spec, work / "spec.json", work / "result.json", "library", timeout_s)
+    data = run_worker("--library-worker", spec, work / "spec.json", work / "result.json", "library", timeout_s)
+    return from_json(LibraryResult, data)
 
 
 def worker_main(argv: Sequence[str]) -> int:
     """``python -m pmllm_batch.bench --library-worker SPEC RESULT``: the child side of :func:`run_library_child`."""
-    spec = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
-    result = library_runs(spec)
-    Path(argv[2]).write_text(json.dumps(result), encoding="utf-8")
+    spec = from_json(LibrarySpec, json.loads(Path(argv[1]).read_text(encoding="utf-8")))
+    Path(argv[2]).write_text(json.dumps(to_json(library_runs(spec))), encoding="utf-8")
     return 0

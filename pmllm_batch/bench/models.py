@@ -6,28 +6,37 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pmllm_batch.errors import ConfigError
 
 from .inputs import SEED
 
+if TYPE_CHECKING:
+    from transformers import Qwen2Config
+
+    from pmllm_batch.model.pmllm import PMLLM
+
 PRESETS = ("demo", "cpu", "smol")
 DEMO_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "demo" / "lm"
 
-# Qwen2.5-0.5B-Instruct's shape (its config.json), for the random-weight ``cpu`` LLM.
-QWEN25_05B: dict[str, Any] = {
-    "vocab_size": 151936,
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-}
+
+def qwen25_05b_config() -> Qwen2Config:
+    """Qwen2.5-0.5B-Instruct's shape (its config.json), for the random-weight ``cpu`` LLM."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
 
 
 @contextlib.contextmanager
@@ -52,7 +61,7 @@ def check_preset(preset: str) -> None:
         raise ConfigError(f"bench runs the presets {', '.join(PRESETS)}, not '{preset}'.")
 
 
-def random_cpu_model(seed: int = SEED, *, with_tower: bool = True) -> Any:
+def random_cpu_model(seed: int = SEED, *, with_tower: bool = True) -> PMLLM:
     """A PMLLM with the ``cpu`` preset's shapes and random weights (nothing is downloaded).
 
     open_clip ViT-B/32 (QuickGELU, as the openai weights use) + ``mlp2x_gelu`` projector + a Qwen2.5-0.5B-shaped
@@ -63,7 +72,7 @@ def random_cpu_model(seed: int = SEED, *, with_tower: bool = True) -> Any:
     LLM, projector and fusion weights, hence the same fingerprint: what a warm ONNX start needs.
     """
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     from pmllm_batch.model.config import ModelCfg
     from pmllm_batch.model.factory import get_preset
@@ -86,14 +95,14 @@ def random_cpu_model(seed: int = SEED, *, with_tower: bool = True) -> Any:
         assert spec is not None  # ViT-B-32 is one of open_clip's own configs
         d_vis, pre = spec
     torch.manual_seed(seed + 3)  # the rest does not depend on whether the tower was built
-    lm = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B)).eval()
+    lm = Qwen2ForCausalLM(qwen25_05b_config()).eval()
     tok = AutoTokenizer.from_pretrained(str(DEMO_TOKENIZER))
     model = PMLLM(cfg, tower, lm, tok, pre, d_vis=d_vis)
     randomize_fusion(model, seed + 1)
     return model.eval()
 
 
-def random_vision_fingerprint(model: Any, seed: int = SEED) -> str:
+def random_vision_fingerprint(model: PMLLM, seed: int = SEED) -> str:
     """The vision fingerprint of :func:`random_cpu_model`'s tower: the cpu preset's config with random weights, so
     salted (its ONNX graph and cached features must never pass for the real ViT-B/32's)."""
     from pmllm_batch.model.checkpoint import vision_fingerprint
@@ -101,14 +110,14 @@ def random_vision_fingerprint(model: Any, seed: int = SEED) -> str:
     return vision_fingerprint(model, salt=f"random-init:seed{seed}")
 
 
-def bench_vision_fingerprint(preset: str, model: Any) -> str:
+def bench_vision_fingerprint(preset: str, model: PMLLM) -> str:
     """The vision fingerprint (ONNX folder, cache key) the scorer uses for the bench's model of ``preset``."""
     from pmllm_batch.model.checkpoint import vision_fingerprint
 
     return random_vision_fingerprint(model) if preset == "cpu" else vision_fingerprint(model)
 
 
-def randomize_fusion(model: Any, seed: int, std: float = 0.02) -> None:
+def randomize_fusion(model: PMLLM, seed: int, std: float = 0.02) -> None:
     """Perturb every fusion block's ``to_out`` (zero when untrained), so fusion is active: a random adapter."""
     import torch
 
@@ -130,7 +139,7 @@ def smol_adapter_checkpoint() -> str | None:
     return None if adapter and Path(adapter, "adapter.safetensors").is_file() else "none"
 
 
-def build_bench_model(preset: str, seed: int = SEED) -> tuple[Any, str]:
+def build_bench_model(preset: str, seed: int = SEED) -> tuple[PMLLM, str]:
     """The model a preset's bench runs, and a label that says what its weights are.
 
     Raises:

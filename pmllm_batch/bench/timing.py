@@ -7,22 +7,40 @@ import functools
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 
-def stats(times: Sequence[float]) -> dict[str, float]:
+@dataclass
+class TimingStats:
+    """Median, min, max and count of timed repeats (seconds); JSON keys ``median_s``, ``min_s``, ``max_s``,
+    ``repeats``. Section figures that are a timing plus a rate subclass it, so their JSON stays flat."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+
+    def parts(self) -> tuple[float, float, float, int]:
+        """The four figures in field order, for a subclass: ``Rate(*stats(ts).parts(), rate=...)``."""
+        return self.median_s, self.min_s, self.max_s, self.repeats
+
+
+def stats(times: Sequence[float]) -> TimingStats:
     """Median, min, max and count of timed repeats (seconds)."""
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "repeats": len(times),
-    }
+    return TimingStats(statistics.median(times), min(times), max(times), len(times))
+
+
+@dataclass
+class ThreadProbe:
+    """:func:`probe_threads`: median seconds of the work at each thread count, and the fastest count."""
+
+    candidates: dict[int, float]
+    best: int
 
 
 def interleaved(
-    arms: dict[str, Callable[[], Any]], repeats: int | dict[str, int], warmup: bool = True
+    arms: Mapping[str, Callable[[], object]], repeats: int | Mapping[str, int], warmup: bool = True
 ) -> dict[str, list[float]]:
     """Time several arms round-robin, so that a change of machine load hits every arm alike.
 
@@ -34,7 +52,7 @@ def interleaved(
     Returns:
         name -> list of wall-clock seconds, one per timed call.
     """
-    counts = {k: (repeats[k] if isinstance(repeats, dict) else repeats) for k in arms}
+    counts = {k: (repeats if isinstance(repeats, int) else repeats[k]) for k in arms}
     if warmup:
         for fn in arms.values():
             fn()
@@ -51,7 +69,7 @@ def interleaved(
     return times
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
+def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call, counted by torch's dispatcher (matmuls, convolutions, attention)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -75,7 +93,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def probe_threads(work: Callable[[], Any], max_threads: int, repeats: int = 2) -> dict[str, Any]:
+def probe_threads(work: Callable[[], object], max_threads: int, repeats: int = 2) -> ThreadProbe:
     """Time ``work`` (the model's own LLM stage) at 1 … ``max_threads`` torch threads; the fastest count wins.
 
     More threads only help when the cores really run in parallel. On a shared or virtualised machine waking an
@@ -85,7 +103,7 @@ def probe_threads(work: Callable[[], Any], max_threads: int, repeats: int = 2) -
     real workload. The bench uses the winner unless ``--threads`` is given.
 
     Returns:
-        {"candidates": {threads: median seconds}, "best": threads}
+        median seconds per thread count, and the fastest count
     """
     import torch
 
@@ -101,7 +119,7 @@ def probe_threads(work: Callable[[], Any], max_threads: int, repeats: int = 2) -
     finally:
         torch.set_num_threads(previous)
     medians = {int(k): statistics.median(v) for k, v in times.items()}
-    return {"candidates": medians, "best": min(medians, key=lambda n: medians[n])}
+    return ThreadProbe(candidates=medians, best=min(medians, key=lambda n: medians[n]))
 
 
 def default_threads() -> int:

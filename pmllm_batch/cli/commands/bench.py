@@ -63,9 +63,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     result = run_bench(preset, args.out, args.quick, threads=args.threads, photos=args.photos, progress=progress)
     if args.json:
-        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     else:
         sys.stdout.write(format_table(result) + "\n")
-        sys.stdout.write(f"reports: {result['reports']['markdown']}, {result['reports']['json']}\n")
+        reports = result.reports or {}
+        sys.stdout.write(f"reports: {reports.get('markdown')}, {reports.get('json')}\n")
     # a check that ran and failed (not one that does not apply) makes the run fail, for scripts and CI
-    return 1 if any(ok is False for ok in result["checks"].values()) else 0
+    return 1 if any(ok is False for ok in result.checks.values()) else 0
