@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Export a preset's vision encoder (CLIP ViT patch tokens, before the projector) to an ONNX artefact folder.
+"""Export a preset's vision tower (CLIP ViT features, before the projector) to an ONNX artefact folder.
 
     python export/export_vision.py --preset demo --out artefacts/demo-vision
     python export/export_vision.py --preset paper --checkpoint runs/paper/adapter --out artefacts/paper-vision
 
 Writes ``vision.onnx`` (fp32), ``vision.int8.onnx`` (unless ``--no-int8``), ``preprocess_cfg.json`` and
-``vision_meta.json``. A thin wrapper over :func:`pmllm_batch.runtime.onnx_export.export_for_model`; the
+``vision_meta.json``. A thin wrapper over :func:`pmllm_batch.runtime.onnx_export.export_tower`; the
 scorer does the same on first use into its cache, so running this is only needed to ship artefacts.
 """
 
@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     from pmllm_batch.model.checkpoint import vision_fingerprint
     from pmllm_batch.model.factory import create_model
-    from pmllm_batch.runtime.onnx_export import export_for_model
+    from pmllm_batch.runtime.onnx_export import export_tower, meta_fingerprint, meta_num_features
 
     try:
         model = create_model(args.preset, args.checkpoint, offline=args.offline, device="cpu")
         start = time.perf_counter()
-        paths = export_for_model(model, args.out, fingerprint=vision_fingerprint(model), int8=not args.no_int8)
+        paths = export_tower(model.exportable_tower(), args.out, fingerprint=vision_fingerprint(model),
+                             int8=not args.no_int8)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         size = path.stat().st_size / 1e6
         graph = meta["graph_ids"].get(key, "")
         print(f"  {key:10s} {path}  {size:8.2f} MB  {graph}")
-    shape = f"{meta['num_tokens']} x {meta['dim']}"
-    print(f"  tokens {shape}, image {meta['image_size']} px, model {meta['model_fingerprint']}")
+    shape = f"{meta_num_features(meta)} x {meta['dim']}"
+    print(f"  features {shape}, image {meta['image_size']} px, vision {meta_fingerprint(meta)}")
     return 0
 
 

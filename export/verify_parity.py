@@ -6,7 +6,7 @@
     python export/verify_parity.py --open-clip ViT-B-32 --bench        # random-weight tower, no download
 
 For each input set and batch size it prints, per graph variant, the max absolute difference to torch and
-the mean/min cosine over visual tokens. fp32 must be within ``--atol``; int8 must keep mean cosine
+the mean/min cosine over features. fp32 must be within ``--atol``; int8 must keep mean cosine
 ``>= --min-cos``. Exits 1 when a check fails. ``--bench`` adds images/s for torch, ONNX fp32 and ONNX int8.
 """
 
@@ -91,7 +91,7 @@ def build_reference(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-token cosine. Args: a, b (B, N, D). Returns: (B, N)."""
+    """Per-feature cosine. Args: a, b (B, N, D). Returns: (B, N)."""
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(0)
     import torch
 
-    from pmllm_batch.runtime.onnx_export import export_vision_onnx, read_meta
+    from pmllm_batch.runtime.onnx_export import export_vision_onnx, meta_num_features, read_meta
     from pmllm_batch.runtime.preprocess import preprocess_batch
     from pmllm_batch.runtime.vision_runner import OnnxVisionRunner
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"exported to a temp folder in {time.perf_counter() - start:.1f}s")
         meta = read_meta(onnx_dir)
         print(
-            f"graph: exporter {meta.get('exporter')}, opset {meta.get('opset')}, tokens {meta['num_tokens']} x "
+            f"graph: exporter {meta.get('exporter')}, opset {meta.get('opset')}, features {meta_num_features(meta)} x "
             f"{meta['dim']}, image {meta['image_size']} px, ids {meta['graph_ids']}"
         )
         variants = [v for v in ("fp32", "int8") if v in meta["graph_ids"]]

@@ -17,8 +17,8 @@ def test_export_onnx_writes_fp32_int8_and_preprocessing(env, tmp_path):
     pre = json.loads((out / "preprocess_cfg.json").read_text())
     sess = ort.InferenceSession(str(out / "vision.int8.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["pixel_values"]
-    assert [o.name for o in sess.get_outputs()] == ["visual_tokens"]
+    assert [o.name for o in sess.get_outputs()] == ["features"]
     x = np.zeros((3, 3, pre["image_size"], pre["image_size"]), np.float32)
-    # the demo model's visual tokens: (96 / 12)^2 = 64 patches, 64 dims each
+    # the demo tower's features (the projector is not in the graph): (96 / 12)^2 = 64 patches, 64 dims each
     assert pre["image_size"] == 96
     assert sess.run(None, {"pixel_values": x})[0].shape == (3, 64, 64)

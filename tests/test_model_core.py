@@ -309,7 +309,7 @@ def test_demo_preset_builds_offline_and_prefix_cache_matches(fresh_demo_model):
     px = torch.randn(3, 3, model.preprocess.image_size, model.preprocess.image_size)
     with torch.no_grad():
         vis = model.encode_images(px)
-        assert model.tower.num_tokens(model.preprocess.image_size) == 64  # (96 / 12)^2 patches
+        assert model.tower.num_features(model.preprocess.image_size) == 64  # (96 / 12)^2 patches
         assert vis.shape == (3, 64, 64)
         full = model.score_full(model.prompt(PROFILE), vis).scores
         cached = model.score_cached(model.encode_prefix(PROFILE), vis).scores
@@ -318,7 +318,7 @@ def test_demo_preset_builds_offline_and_prefix_cache_matches(fresh_demo_model):
 
 
 # --------------------------------------------------------------------------------------------------
-# What the visual-token cache keeps: tower features (pooled for the paper preset), not the projector's output
+# What the feature cache keeps: tower features (pooled for the paper preset), not the projector's output
 # --------------------------------------------------------------------------------------------------
 
 
@@ -345,8 +345,8 @@ def test_a_pooled_tower_averages_each_2x2_patch_group_and_its_shape_is_known_wit
     grid = full.reshape(2, side, side, -1)
     want = grid.reshape(2, side // 2, 2, side // 2, 2, -1).mean(dim=(2, 4)).reshape(2, (side // 2) ** 2, -1)
     assert small.shape == (2, 16, 64) and torch.allclose(small, want, atol=1e-6)
-    assert feature_shape(_demo_vision_cfg(2)) == (16, 64) and pooled.num_tokens(pre.image_size) == 16
-    assert feature_shape(_demo_vision_cfg(1)) == (64, 64) and plain.num_tokens(pre.image_size) == 64
+    assert feature_shape(_demo_vision_cfg(2)) == (16, 64) and pooled.num_features(pre.image_size) == 16
+    assert feature_shape(_demo_vision_cfg(1)) == (64, 64) and plain.num_features(pre.image_size) == 64
 
 
 def test_cache_bytes_per_photo_from_the_presets_shapes():

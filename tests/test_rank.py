@@ -224,7 +224,7 @@ def test_one_pass_under_a_cache_budget_evicts_and_scores_stay_right(env, tmp_pat
     assert code == 0, err
     assert (_summary(stdout)["encoded"], _summary(stdout)["scored"]) == (n, 2 * n)
     with env.store().__class__(f"sqlite:///{ref}") as store:
-        entries, nbytes = store.visual_cache_bytes()
+        entries, nbytes = store.feature_cache_bytes()
     assert entries == n
     per_photo = nbytes // n
     # a budget of two and a half photos: the cache overflows inside the first vision batch

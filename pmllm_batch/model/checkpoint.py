@@ -19,6 +19,7 @@ from pmllm_batch.model.presets import resolve_path
 from pmllm_batch.version import __version__
 
 if TYPE_CHECKING:
+    from pmllm_batch.contracts import JSONDict
     from pmllm_batch.model.pmllm import PMLLM
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -53,7 +54,7 @@ def base_signature(model: PMLLM) -> dict[str, Any]:
     }
 
 
-def save_adapter(model: PMLLM, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_adapter(model: PMLLM, out_dir: str | Path, extra: JSONDict | None = None) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -127,13 +128,14 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None, *, lm_quantize
 
     ``lm.quantize = "int8"`` (model/quantize.py) changes it, naming the int8 scheme; ``"none"`` leaves it what it
     was before the key existed. ``lm_quantize=False`` leaves the LLM's quantisation out (the ONNX export and the
-    visual-token cache are keyed by :func:`vision_fingerprint`, which leaves the adapter out too). Nothing
+    feature cache are keyed by :func:`vision_fingerprint`, which leaves the adapter out too). Nothing
     here depends on whether the torch vision tower was built.
     """
     from pmllm_batch.model.quantize import INT8_SCHEME
 
     cfg = model.cfg.to_dict()
-    quantize = cfg["lm"].pop("quantize", "none")
+    lm = cfg["lm"]
+    quantize = lm.pop("quantize", "none") if isinstance(lm, dict) else "none"
     h = hashlib.sha256()
     h.update(json.dumps({"cfg": cfg, "base": base_signature(model)}, sort_keys=True).encode())
     if lm_quantize and quantize != "none":
@@ -152,7 +154,7 @@ def fingerprint(model: PMLLM, vision_graph_id: str | None = None, *, lm_quantize
 def vision_fingerprint(model: PMLLM, salt: str = "") -> str:
     """The id of what the vision runner outputs (the tower's features, before the projector): the vision config,
     the preprocessing and the tower's local weights. The adapter is not part of it, so retraining the adapter keeps
-    the ONNX export and the visual-token cache; the demo and smol presets, which share a tower, share both.
+    the ONNX export and the feature cache; the demo and smol presets, which share a tower, share both.
     Computable without building the tower. ``salt`` tells apart towers the config cannot (the bench's random ones).
     """
     facts = {"output": "tower-features-v1", "salt": salt, "vision": model.cfg.to_dict()["vision"],

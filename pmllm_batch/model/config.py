@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pmllm_batch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pmllm_batch.contracts import JSONDict
 
 
 @dataclass
@@ -18,14 +21,14 @@ class VisionCfg:
     model_name: str = "ViT-L-14-336"  # open_clip model name (ignored when ``arch`` is given)
     pretrained: str | None = "openai"  # open_clip pretrained tag, or None
     checkpoint: str | None = None  # local weights (safetensors) for the visual tower; overrides ``pretrained``
-    arch: dict[str, Any] | None = None  # open_clip CLIPVisionCfg fields for a custom (tiny) tower
+    arch: dict[str, int | float | str | bool] | None = None  # open_clip CLIPVisionCfg fields of a custom (tiny) tower
     select_layer: int = -2  # block whose output is used; -2 = penultimate (LLaVA convention)
     select_feature: str = "patch"  # "patch" drops CLS (LLaVA), "cls_patch" keeps it
     image_size: int | None = None  # only for ``arch`` towers
     mean: tuple[float, float, float] | None = None  # only for ``arch`` towers; open_clip's otherwise
     std: tuple[float, float, float] | None = None
-    # Average-pool the patch grid k×k before the projector (LLaVA-OneVision's pooling): k² fewer visual tokens, so
-    # a k² smaller visual-token cache (the paper preset: 576 → 144 tokens). Part of the model: train with it.
+    # Average-pool the patch grid k×k before the projector (LLaVA-OneVision's pooling): k² fewer features (and
+    # tokens), so a k² smaller feature cache (the paper preset: 576 → 144 features). Part of the model: train with it.
     pool: int = 1
 
 
@@ -64,7 +67,7 @@ class ModelCfg:
     description: str = ""
     demo: bool = False  # True: scores show the mechanism only, never a real aesthetic judgement
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONDict:
         data = copy.deepcopy(asdict(self))
         if data["vision"].get("pool") == 1:
             del data["vision"]["pool"]  # the default: configs (and fingerprints) from before the key stay as they were

@@ -8,7 +8,8 @@ package (the shipped demo). With ``offline=True`` nothing touches the network.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,7 +23,13 @@ from pmllm_batch.model.quantize import check_quantize, quantize_lm_int8
 from pmllm_batch.model.vision import VisionTower, build_vision_tower, vision_spec
 from pmllm_batch.model.weights import missing_sentence, missing_weights
 
+if TYPE_CHECKING:
+    from pmllm_batch.model.pmllm import PMLLM
+
 log = get_logger("factory")
+
+# {section: {key: value}} merged into an architecture config, e.g. {"lm": {"quantize": "int8"}}
+Overrides = Mapping[str, Mapping[str, "str | int | float | bool | None"]]
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -60,8 +67,8 @@ def create_model(
     with_vision: bool = True,
     cache_dir: str | None = None,
     lm_cache_dir: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> Any:
+    overrides: Overrides | None = None,
+) -> PMLLM:
     """Build a ready-to-score :class:`PMLLM`.
 
     Args:
@@ -80,10 +87,8 @@ def create_model(
     if overrides:
         merged = cfg.to_dict()
         for section, values in overrides.items():
-            if isinstance(values, dict):
-                merged[section].update(values)
-            else:
-                merged[section] = values
+            current = merged.get(section)
+            merged[section] = {**(current if isinstance(current, dict) else {}), **values}
         cfg = ModelCfg.from_dict(merged)
     missing = missing_weights(cfg, cache_dir=cache_dir, with_vision=with_vision)
     if missing and not with_vision:
@@ -117,7 +122,8 @@ def create_model(
         gguf=cfg.lm.gguf,
         cache_root=lm_cache_dir,
     )
-    lm.to(dev)
+    module: torch.nn.Module = lm  # PreTrainedModel.to's decorator hides its signature from type checkers
+    module.to(dev)
     if torch_tower is not None:
         torch_tower.to(dev)
     model = PMLLM(cfg, torch_tower, lm, tok, pre, d_vis=d_vis)
@@ -139,7 +145,7 @@ def _resolved_vision_cfg(cfg: ModelCfg) -> VisionCfg:
     return vision_cfg
 
 
-def attach_vision_tower(model: Any, *, offline: bool = False, cache_dir: str | None = None) -> Any:
+def attach_vision_tower(model: PMLLM, *, offline: bool = False, cache_dir: str | None = None) -> PMLLM:
     """Build and load ``model``'s torch vision tower when it was created without one (``with_vision=False``),
     e.g. to export the ONNX graph the first time. Returns the model.
 

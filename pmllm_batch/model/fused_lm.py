@@ -2,7 +2,7 @@
 
 Composition, not monkey-patching (torchtune ``FusionLayer`` style): each chosen decoder layer is
 replaced by a :class:`FusedDecoderLayer` holding the original layer and a fusion block. The HF model
-class is untouched. Visual tokens reach the layers through :meth:`FusedLM.conditioned`, a context
+class is untouched. An image's tokens reach the layers through :meth:`FusedLM.conditioned`, a context
 manager that always clears them, so an exception can never leave stale images attached (it matters in
 a long-running daemon).
 """
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pmllm_batch.errors import ConfigError
 from pmllm_batch.model.fusion import SelectiveFusionBlock
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Dotted path of the decoder-layer ModuleList, keyed by ``config.model_type`` (explicit override wins).
 DECODER_LAYERS_PATHS: dict[str, str] = {
@@ -113,11 +116,11 @@ class FusedLM(nn.Module):
         width: inner width of the fusion cross-attention (default: the LLM's hidden width).
     """
 
-    lm: Any  # a Hugging Face *ForCausalLM (attributes are dynamic for type checkers)
+    lm: PreTrainedModel  # a Hugging Face *ForCausalLM
 
     def __init__(
         self,
-        lm: Any,
+        lm: PreTrainedModel,
         layer_ids: list[int],
         num_heads: int | None = None,
         gate: str = "selective",
@@ -155,7 +158,8 @@ class FusedLM(nn.Module):
     # -- conditioning -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def conditioned(self, visual: torch.Tensor | None, mask: torch.Tensor | None) -> Iterator[None]:
-        """Attach visual tokens (B, N, D) and the position mask (B or 1, T) for the forwards inside.
+        """Attach an image's tokens (B, N, D; the projector's output) and the position mask (B or 1, T) for the
+        forwards inside.
 
         ``visual=None`` runs the plain frozen LLM (the "no vision" control). State is always cleared.
         """

@@ -1,9 +1,9 @@
-"""Selective fusion: profile-gated injection of visual tokens into an LLM's hidden states.
+"""Selective fusion: profile-gated injection of an image's tokens (the projector's output) into an LLM's hidden states.
 
 Our reading of P-MLLM (arXiv 2604.17233) — the paper does not publish the equations, so the form
-below is our decision (DESIGN §2)::
+below is our decision (docs/ARCHITECTURE.md, "Model")::
 
-    h ← h + m ⊙ σ(W_g·LN(h)) ⊙ W_o·XAttn(q = LN(h), kv = visual tokens)
+    h ← h + m ⊙ σ(W_g·LN(h)) ⊙ W_o·XAttn(q = LN(h), kv = tokens)
 
 * The gate is computed per token from that token's *own* hidden state. Below the image tag that state
   has already read the persona, so the amount and the kind of visual information let in depend on the
@@ -51,7 +51,7 @@ class SelectiveFusionBlock(nn.Module):
 
         Args:
             hidden: shape (B, T, D), the decoder block's input.
-            visual: shape (B, N, D), projected visual tokens (one image per row).
+            visual: shape (B, N, D), the projector's tokens (one image per row).
             mask: shape (B, T) or (1, T), 1.0 where fusion applies (image tag onward), else 0.0.
 
         Returns:

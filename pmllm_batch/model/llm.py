@@ -22,13 +22,18 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
 
 from pmllm_batch.errors import ModelLoadError
 from pmllm_batch.log import get_logger
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+LMAndTokenizer = tuple["PreTrainedModel", "PreTrainedTokenizerBase"]  # a Hugging Face causal LM and its tokenizer
 
 log = get_logger("llm")
 
@@ -89,7 +94,7 @@ def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
     return cache_root / "llm" / f"{gguf.stem}-{_file_digest(gguf)}"
 
 
-def _from_folder(folder: str | Path, dtype: torch.dtype, revision: str | None = None) -> tuple[Any, Any]:
+def _from_folder(folder: str | Path, dtype: torch.dtype, revision: str | None = None) -> LMAndTokenizer:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder, revision=revision, local_files_only=True, trust_remote_code=False)
@@ -99,7 +104,7 @@ def _from_folder(folder: str | Path, dtype: torch.dtype, revision: str | None = 
     return lm, tok
 
 
-def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32) -> LMAndTokenizer:
     """Load a GGUF file with transformers (dequantised), uncached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -116,7 +121,7 @@ def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]
     return lm, tok
 
 
-def save_as_folder(lm: Any, tok: Any, out: Path) -> None:
+def save_as_folder(lm: PreTrainedModel, tok: PreTrainedTokenizerBase, out: Path) -> None:
     """Write a dequantised GGUF model as a plain Hugging Face folder (config, safetensors, tokenizer), atomically.
 
     ``save_pretrained`` refuses models loaded from GGUF, so the state dict is written directly (tied output
@@ -151,7 +156,7 @@ def load_lm_and_tokenizer(
     dtype: torch.dtype = torch.float32,
     gguf: str | None = None,
     cache_root: str | Path | None = None,
-) -> tuple[Any, Any]:
+) -> LMAndTokenizer:
     """Load a Hugging Face causal LM and tokenizer by the order in the module doc; returns ``(lm, tokenizer)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

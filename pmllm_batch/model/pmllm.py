@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,9 +25,12 @@ from pmllm_batch.model.fused_lm import FusedLM
 from pmllm_batch.model.projector import build_projector
 from pmllm_batch.model.prompts import PromptTokens, build_prompt, render_persona
 from pmllm_batch.model.readout import expected_score, level_token_ids
-from pmllm_batch.model.vision import VisionEncoder, VisionTower
+from pmllm_batch.model.vision import TowerExport, VisionEncoder, VisionTower
 from pmllm_batch.preprocess_cfg import PreprocessCfg
 from pmllm_batch.profiles import Profile
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -72,14 +75,21 @@ def _native_gqa(device: torch.device) -> Iterator[None]:
         os.environ.pop(_FORCE_GQA, None)
 
 
-def _make_cache(config: Any) -> Any:
+def _make_cache(config: PreTrainedConfig) -> DynamicCache:
     from transformers import DynamicCache
 
     return DynamicCache(config=config)
 
 
-def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]  # transformers 5 cache API
+def _cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (key, value) of a filled cache (transformers 5 cache API: ``cache.layers[i].keys``/``.values``)."""
+    out = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise RuntimeError(f"the LLM's cache layer {type(layer).__name__} holds no key/value tensors")
+        out.append((keys, values))
+    return out
 
 
 class PMLLM(nn.Module):
@@ -87,7 +97,7 @@ class PMLLM(nn.Module):
 
     Args:
         cfg: architecture config.
-        tower: frozen vision tower, or None when images arrive as visual tokens (ONNX runtime).
+        tower: frozen vision tower, or None when images arrive as tower features (ONNX runtime, feature cache).
         lm: a Hugging Face causal LM (frozen here, wrapped with fusion).
         tokenizer: its tokenizer.
         preprocess: the tower's preprocessing.
@@ -96,14 +106,14 @@ class PMLLM(nn.Module):
 
     level_ids: torch.Tensor
     level_values: torch.Tensor
-    projector: Any
+    projector: nn.Module
 
     def __init__(
         self,
         cfg: ModelCfg,
         tower: VisionTower | None,
-        lm: Any,
-        tokenizer: Any,
+        lm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         preprocess: PreprocessCfg,
         d_vis: int | None = None,
     ) -> None:
@@ -153,12 +163,20 @@ class PMLLM(nn.Module):
 
     # -- vision -----------------------------------------------------------------------------------
     def vision_encoder(self) -> VisionEncoder:
+        """The torch tower as a module (pixels → features). Raises RuntimeError when built without it."""
         if self.tower is None:
             raise RuntimeError("this model was built without a torch vision tower")
         return VisionEncoder(self.tower)
 
+    def exportable_tower(self) -> TowerExport | None:
+        """The tower as ``runtime`` exports and runs it (:class:`pmllm_batch.contracts.ExportableTower`), or None
+        when the model was built without it (``with_vision=False``; see ``factory.attach_vision_tower``)."""
+        if self.tower is None:
+            return None
+        return TowerExport.of(self.tower, self.preprocess, self.cfg.name)
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Args: pixel_values (B, 3, S, S). Returns: visual tokens (B, N, D_lm)."""
+        """Args: pixel_values (B, 3, S, S). Returns: tokens (B, n_feat, D_lm): the tower's features, projected."""
         if self.tower is None:
             raise RuntimeError("this model was built without a torch vision tower")
         with torch.no_grad():
@@ -167,7 +185,7 @@ class PMLLM(nn.Module):
 
     @torch.no_grad()
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Visual features (B, N, D_vis) from the tower (or the cache) → visual tokens (B, N, D_lm)."""
+        """Tower features (B, n_feat, D_vis), from the tower or the cache → tokens (B, n_feat, D_lm)."""
         param = next(self.projector.parameters(), None)
         if param is not None:
             features = features.to(param.device, param.dtype)
@@ -186,10 +204,10 @@ class PMLLM(nn.Module):
         mask: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: Any = None,
+        cache: DynamicCache | None = None,
     ) -> torch.Tensor:
         """Level logits (B, L) at the last position. Only the level rows of the output head are used."""
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, object] = {}
         if cache is not None:
             kwargs[self._cache_kw] = cache
             kwargs["use_cache"] = True
@@ -213,7 +231,7 @@ class PMLLM(nn.Module):
 
         Args:
             prompts: one prompt for all rows, or one per row (different personas; same suffix).
-            visual: (B, N, D_lm) projected visual tokens, or None (no vision).
+            visual: (B, n_tok, D_lm) tokens (the projector's output), or None (no vision).
         """
         return self.score_logits_full(prompts, visual, batch=None if visual is None else visual.shape[0])[1]
 

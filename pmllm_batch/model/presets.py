@@ -12,9 +12,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pmllm_batch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pmllm_batch.model.config import ModelCfg
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -104,3 +107,22 @@ def resolve_path(value: str | None) -> str | None:
     if value and value.startswith("~"):
         return str(Path(value).expanduser())
     return value
+
+
+def demo_note(cfg: ModelCfg) -> str | None:
+    """One line saying what a demo model's scores mean, naming the preset and what in it is real; None for a model
+    that is not a demo (``demo`` false in its config).
+
+    The shipped demo's LLM lives inside this package (``pkg:`` path): a tiny random model. Every other LLM (smol's
+    SmolLM2, or a local folder given as ``[model] lm_path``) is a real language model whose adapter was still trained
+    on the synthetic task. The one wording for the load log, ``rank``'s note and reports.
+    """
+    if not cfg.demo:
+        return None
+    lm = cfg.lm.name_or_path
+    if lm.startswith("pkg:"):
+        what = "a tiny model trained on a synthetic task"
+    else:
+        label = Path(lm.rstrip("/")).name or lm
+        what = f"a real LLM ({label}) with an adapter trained on a synthetic task"
+    return f"{cfg.name}: {what} — scores show the mechanism, not real taste"

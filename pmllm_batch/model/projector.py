@@ -12,7 +12,7 @@ PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "identity")
 
 
 def build_projector(projector_type: str, d_vis: int, d_lm: int) -> nn.Module:
-    """Build the projector mapping visual tokens (B, N, d_vis) to (B, N, d_lm).
+    """Build the projector mapping tower features (B, N, d_vis) to tokens (B, N, d_lm).
 
     ``mlpNx_gelu`` is Linear(d_vis→d_lm) followed by N-1 × (GELU, Linear(d_lm→d_lm)); the paper's
     projector is ``mlp2x_gelu`` (Linear · GELU · Linear).

@@ -27,9 +27,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pmllm_batch.profiles import BIG_FIVE, Profile
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IMAGE_TAG = "<image>"
 IMAGE_WORD = "image"  # what the LLM reads at the tag: one token
@@ -234,7 +237,7 @@ def attribute_question(attribute: str) -> str:
     return f"Rate the {attribute} of this image based on the persona you are embodying."
 
 
-def prompt_text(tokenizer: Any, persona: str, question: str | None = None) -> str:
+def prompt_text(tokenizer: PreTrainedTokenizerBase, persona: str, question: str | None = None) -> str:
     """The full prompt text for a persona (chat template when the tokenizer has one)."""
     # The answer hint and the whole question go *before* the image: everything image-independent then sits in
     # the cached prefix, and the per-(image, profile) suffix is only the image token plus the answer header
@@ -259,7 +262,7 @@ def prompt_text(tokenizer: Any, persona: str, question: str | None = None) -> st
     return bos + PLAIN_TEMPLATE.format(persona=persona, question=user)
 
 
-def build_prompt(tokenizer: Any, persona: str, question: str | None = None) -> PromptTokens:
+def build_prompt(tokenizer: PreTrainedTokenizerBase, persona: str, question: str | None = None) -> PromptTokens:
     """Tokenise the prompt in two pieces split at the image tag.
 
     Both the cached path and the full-prompt path use exactly these ids, so they agree by construction.

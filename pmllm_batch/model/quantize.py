@@ -27,8 +27,6 @@ scores are never mixed with float32 ones.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -168,7 +166,7 @@ def _swap_linears(module: nn.Module) -> int:
     return count
 
 
-def quantize_lm_int8(lm: Any, decoder_layers_path: str | None = None) -> int:
+def quantize_lm_int8(lm: nn.Module, decoder_layers_path: str | None = None) -> int:
     """Replace every Linear inside ``lm``'s original decoder layers by :class:`Int8Linear`, in place.
 
     A :class:`FusedDecoderLayer` is entered through its ``layer`` (the original block): its fusion block is not a

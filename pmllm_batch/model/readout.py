@@ -7,14 +7,17 @@ that the expected level equals the true rating.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from pmllm_batch.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def level_token_ids(tokenizer: Any, levels: list[str]) -> list[int]:
+
+def level_token_ids(tokenizer: PreTrainedTokenizerBase, levels: list[str]) -> list[int]:
     """Token id of each level string; each must be exactly one token."""
     ids = []
     for level in levels:

@@ -55,6 +55,10 @@ class ModelSpec:
     def with_checkpoint(self, checkpoint: str | None) -> ModelSpec:
         return replace(self, checkpoint=checkpoint)
 
+    def with_quantize(self, quantize: str) -> ModelSpec:
+        """The same model with the LLM quantised ``quantize`` (``"none"``: float, e.g. for training)."""
+        return replace(self, quantize=quantize)
+
     def overrides(self) -> dict[str, dict[str, str]]:
         """The architecture-config overrides these settings imply (local weights, int8 LLM)."""
         out: dict[str, dict[str, str]] = {}

@@ -1,11 +1,14 @@
-"""Vision tower: an open_clip ViT returning patch tokens (LLaVA convention by default).
+"""Vision tower: an open_clip ViT whose patch outputs are the photo's *features* (LLaVA convention by default).
 
-Only this module and ``export/`` import open_clip; the ONNX runtime path does not need it.
+Naming (see :mod:`pmllm_batch.contracts`): the tower outputs **features** (N, D_vis), what the cache stores; the
+projector turns them into **tokens** (N, D_lm). Only this module and ``export/`` import open_clip; the ONNX runtime
+path does not need it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class VisionTower(nn.Module):
-    """Frozen open_clip ``VisionTransformer`` → patch tokens.
+    """Frozen open_clip ``VisionTransformer`` → tower features (one per patch, CLS first when kept).
 
     Args:
         visual: an open_clip ``VisionTransformer`` (``model.visual``).
@@ -56,13 +59,14 @@ class VisionTower(nn.Module):
     def train(self, mode: bool = True) -> VisionTower:  # the tower is frozen: never leave eval mode
         return super().train(False)
 
-    def num_tokens(self, image_size: int) -> int:
+    def num_features(self, image_size: int) -> int:
+        """Features per photo (n_feat) at ``image_size``: the patch grid after ``pool``, plus CLS when kept."""
         patch = self.visual.patch_size[0]
         side = -(-(image_size // patch) // self.pool)
         return side**2 + (1 if self.select_feature == "cls_patch" else 0)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Args: pixel_values, shape (B, 3, S, S), normalised. Returns: tokens, shape (B, N, D_vis)."""
+        """Args: pixel_values, shape (B, 3, S, S), normalised. Returns: features, shape (B, n_feat, D_vis)."""
         out = self.visual.forward_intermediates(
             pixel_values,
             indices=[self.block_index],
@@ -71,25 +75,25 @@ class VisionTower(nn.Module):
             output_fmt="NLC",
             output_extra_tokens=self.select_feature == "cls_patch",
         )
-        tokens = out["image_intermediates"][0]
+        feats = out["image_intermediates"][0]
         if self.pool > 1:
-            _, n, d = tokens.shape
+            _, n, d = feats.shape
             side = int(round(n**0.5))
-            grid = tokens.transpose(1, 2).reshape(-1, d, side, side)
+            grid = feats.transpose(1, 2).reshape(-1, d, side, side)
             grid = torch.nn.functional.avg_pool2d(grid, self.pool, ceil_mode=True)
-            tokens = grid.flatten(2).transpose(1, 2)
+            feats = grid.flatten(2).transpose(1, 2)
         if self.select_feature == "cls_patch":
-            tokens = torch.cat([out["image_intermediates_prefix"][0], tokens], dim=1)
-        return tokens
+            feats = torch.cat([out["image_intermediates_prefix"][0], feats], dim=1)
+        return feats
 
 
 class VisionEncoder(nn.Module):
-    """The vision tower: the part exported to ONNX (``pixel_values`` → ``visual_features``, before the projector).
+    """The vision tower as exported to ONNX (``pixel_values`` → features, before the projector).
 
-    What it outputs is what the visual-token cache keeps: the frozen tower's features (pooled when
-    ``vision.pool`` > 1), not the projector's output. They are smaller (D_vis, not D_lm, per token), and they stay
-    valid when the adapter (projector + fusion) is retrained: only a new tower invalidates them. The projector runs
-    at score time (:meth:`pmllm_batch.model.pmllm.PMLLM.project`), a small per-token MLP.
+    What it outputs is what the feature cache keeps: the frozen tower's features (pooled when ``vision.pool`` > 1),
+    not the projector's tokens. They are smaller (D_vis, not D_lm, each), and they stay valid when the adapter
+    (projector + fusion) is retrained: only a new tower invalidates them. The projector runs at score time
+    (:meth:`pmllm_batch.model.pmllm.PMLLM.project`), a small per-feature MLP.
     """
 
     def __init__(self, tower: VisionTower) -> None:
@@ -97,8 +101,24 @@ class VisionEncoder(nn.Module):
         self.tower = tower
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Args: pixel_values (B, 3, S, S) float32. Returns: visual features (B, N, D_vis)."""
+        """Args: pixel_values (B, 3, S, S) float32. Returns: features (B, n_feat, D_vis)."""
         return self.tower(pixel_values)
+
+
+@dataclass
+class TowerExport:
+    """A model's torch vision tower as ``runtime`` exports and runs it (:class:`pmllm_batch.contracts.ExportableTower`):
+    the module and the facts the artefact records, so the runtime layer never sees the model."""
+
+    module: nn.Module  # a VisionEncoder: pixels (N, 3, S, S) → features (N, n_feat, D_vis)
+    preprocess: PreprocessCfg
+    num_features: int
+    dim: int  # D_vis
+    name: str  # the model config's name
+
+    @classmethod
+    def of(cls, tower: VisionTower, preprocess: PreprocessCfg, name: str) -> TowerExport:
+        return cls(VisionEncoder(tower), preprocess, tower.num_features(preprocess.image_size), tower.width, name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,8 +210,8 @@ def vision_spec(cfg: VisionCfg, *, load_weights: bool = True) -> tuple[int, Prep
 
 
 def feature_shape(cfg: VisionCfg) -> tuple[int, int] | None:
-    """(N, D_vis) of the tower features a photo is cached as, from the config alone (no weights): patch tokens after
-    ``pool``, CLS when kept. None where only building tells (timm or Hugging Face towers)."""
+    """(n_feat, D_vis) of the tower features a photo is cached as, from the config alone (no weights): one per
+    patch after ``pool``, plus CLS when kept. None where only building tells (timm or Hugging Face towers)."""
     import open_clip
 
     if cfg.arch is not None:
@@ -233,7 +253,7 @@ def build_vision_tower(
         if cfg.model_name not in open_clip.list_models():
             raise ModelLoadError(f"unknown open_clip model '{cfg.model_name}'; see open_clip.list_models().")
         pretrained: str | None = None
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, bool] = {}
         pcfg = open_clip.get_pretrained_cfg(cfg.model_name, cfg.pretrained) if cfg.pretrained else {}
         if pcfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True

@@ -1,11 +1,16 @@
-"""Export the vision encoder (CLIP ViT patch tokens, before the projector) to ONNX, plus an int8 variant.
+"""Export the vision tower (its features, before the projector) to ONNX, plus an int8 variant.
 
-An artefact folder holds::
+The tower arrives as an :class:`~pmllm_batch.contracts.ExportableTower` (module + facts); this layer never sees the
+model. An artefact folder holds::
 
-    vision.onnx           fp32 graph: ``pixel_values`` (batch, 3, S, S) → ``visual_tokens`` (batch, N, D_vis)
+    vision.onnx           fp32 graph: ``pixel_values`` (batch, 3, S, S) → ``features`` (batch, n_feat, D_vis)
     vision.int8.onnx      the same graph with int8 weights (dynamic quantisation of the MatMuls)
     preprocess_cfg.json   how images become ``pixel_values`` (runtime/preprocess.py reads it; no torch needed)
-    vision_meta.json      num_tokens, dim, image_size, graph ids (sha256 of each graph file), exporter, versions
+    vision_meta.json      num_features, dim, image_size, graph ids (sha256 of each graph file), exporter, versions,
+                          vision_fingerprint, preset
+
+Graphs exported before the tower-only rename name their output ``visual_tokens`` and their meta keys
+``num_tokens`` / ``model_fingerprint``; readers accept both (runners read the one output by position).
 
 Choices, measured on torch 2.14 / onnxruntime 1.31 (export/README.md has the numbers):
 
@@ -17,13 +22,13 @@ Choices, measured on torch 2.14 / onnxruntime 1.31 (export/README.md has the num
   before it is accepted, so a batch size baked into a Reshape is caught at export, not at scoring time.
 * **int8**: ``onnxruntime.quantization.quantize_dynamic`` on MatMul weights only (QInt8, per tensor,
   ``reduce_range=True``). ``reduce_range`` (7-bit weights) matters on CPUs without VNNI (AVX2), where
-  onnxruntime's u8×s8 kernels can saturate: visual-token cosine vs fp32 on real photos was 0.982 without it
+  onnxruntime's u8×s8 kernels can saturate: feature cosine vs fp32 on real photos was 0.982 without it
   and 0.9997 with it on a ViT-B/32-shaped tower. The patch-embedding Conv stays fp32 (ConvInteger would
   quantise the raw pixels, for no measured speed-up); per-channel scales gave no measurable gain and
-  quantise 3× slower. Activation scales are per tensor, i.e. per batch, so an image's int8 tokens vary
-  slightly (cosine > 0.9999) with the other images in its batch; fp32 and torch tokens do not.
+  quantise 3× slower. Activation scales are per tensor, i.e. per batch, so an image's int8 features vary
+  slightly (cosine > 0.9999) with the other images in its batch; fp32 and torch features do not.
 * **Atomicity**: everything is written into a temporary sibling folder which is renamed into place, so a
-  killed export never leaves half a model, and two processes exporting the same model both end up with one
+  killed export never leaves half a model, and two processes exporting the same tower both end up with one
   complete folder.
 """
 
@@ -41,7 +46,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pmllm_batch.errors import ModelLoadError
 from pmllm_batch.log import get_logger
@@ -50,10 +55,12 @@ from pmllm_batch.runtime.preprocess import PreprocessCfg
 if TYPE_CHECKING:
     import torch
 
+    from pmllm_batch.contracts import ExportableTower, JSONDict
+
 log = get_logger("runtime.export")
 
 INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "visual_tokens"
+OUTPUT_NAME = "features"  # graphs exported before the tower-only rename call it "visual_tokens"
 BATCH_AXIS = "batch"
 VISION_FP32 = "vision.onnx"
 VISION_INT8 = "vision.int8.onnx"
@@ -68,7 +75,7 @@ _CHECK_BATCHES = (1, 3)
 _STALE_TMP_SECONDS = 24 * 3600  # an unfinished export older than this is from a killed process
 
 # Dynamic quantisation settings (see module docstring for why these).
-INT8_SETTINGS: dict[str, Any] = {
+INT8_SETTINGS: JSONDict = {
     "weight_type": "QInt8",
     "per_channel": False,
     "reduce_range": True,
@@ -93,8 +100,9 @@ def graph_id(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def read_meta(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``vision_meta.json`` of an artefact folder.
+def read_meta(onnx_dir: str | os.PathLike[str]) -> JSONDict:
+    """Read ``vision_meta.json`` of an artefact folder (see :func:`meta_num_features`, :func:`meta_fingerprint`
+    for keys whose names changed).
 
     Raises:
         ModelLoadError: the file is missing or not valid JSON.
@@ -104,9 +112,27 @@ def read_meta(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot read ONNX vision metadata {path}: {exc}.") from None
-    if not isinstance(data, dict) or "graph_ids" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("graph_ids"), dict):
         raise ModelLoadError(f"{path} is not a vision_meta.json written by pmllm-batch.")
     return data
+
+
+def meta_num_features(meta: JSONDict) -> int:
+    """Features per photo recorded in a ``vision_meta.json`` (``num_tokens`` in folders exported before the rename).
+
+    Raises:
+        ModelLoadError: neither key holds a number.
+    """
+    value = meta.get("num_features", meta.get("num_tokens"))
+    if not isinstance(value, int | float | str):
+        raise ModelLoadError("vision_meta.json records no number of features (num_features).")
+    return int(value)
+
+
+def meta_fingerprint(meta: JSONDict) -> str | None:
+    """The vision fingerprint a ``vision_meta.json`` was exported for (``model_fingerprint`` in older folders)."""
+    value = meta.get("vision_fingerprint", meta.get("model_fingerprint"))
+    return None if value is None else str(value)
 
 
 def is_complete(onnx_dir: str | os.PathLike[str], *, int8: bool = True) -> bool:
@@ -119,7 +145,8 @@ def is_complete(onnx_dir: str | os.PathLike[str], *, int8: bool = True) -> bool:
         meta = read_meta(d)
     except ModelLoadError:
         return False
-    return "fp32" in meta["graph_ids"] and (not int8 or "int8" in meta["graph_ids"])
+    ids = meta["graph_ids"]
+    return isinstance(ids, dict) and "fp32" in ids and (not int8 or "int8" in ids)
 
 
 @contextlib.contextmanager
@@ -395,7 +422,7 @@ def _export_into(
     *,
     int8: bool,
     opset: int,
-    meta: dict[str, Any] | None,
+    meta: JSONDict | None,
     keep_existing: bool,
 ) -> dict[str, Path]:
     import onnx
@@ -412,16 +439,16 @@ def _export_into(
             exporter = _export_checked(cpu_encoder, fp32, preprocess.image_size, opset)
             probe = torch.zeros(1, 3, preprocess.image_size, preprocess.image_size)
             with torch.inference_mode():
-                _, num_tokens, dim = cpu_encoder(probe).shape
-        ids = {"fp32": graph_id(fp32)}
+                _, num_features, dim = cpu_encoder(probe).shape
+        ids: JSONDict = {"fp32": graph_id(fp32)}
         if int8:
             start = time.perf_counter()
             quantize_int8(fp32, tmp / VISION_INT8)
             ids["int8"] = graph_id(tmp / VISION_INT8)
             log.info("wrote %s in %.1fs", VISION_INT8, time.perf_counter() - start)
         preprocess.save_json(tmp / PREPROCESS_FILE)
-        info: dict[str, Any] = {
-            "num_tokens": int(num_tokens),
+        info: JSONDict = {
+            "num_features": int(num_features),
             "dim": int(dim),
             "image_size": int(preprocess.image_size),
             "graph_ids": ids,
@@ -431,10 +458,10 @@ def _export_into(
             "exporter": exporter,
             "int8": {**INT8_SETTINGS, "method": "onnxruntime.quantization.quantize_dynamic"} if int8 else None,
             "versions": {
-                "torch": torch.__version__,
-                "onnx": onnx.__version__,
-                "onnxscript": onnxscript.__version__,
-                "onnxruntime": onnxruntime.__version__,
+                "torch": str(torch.__version__),
+                "onnx": str(onnx.__version__),
+                "onnxscript": str(onnxscript.__version__),
+                "onnxruntime": str(onnxruntime.__version__),
             },
             **(meta or {}),
         }
@@ -463,18 +490,18 @@ def export_vision_onnx(
     *,
     int8: bool = True,
     opset: int = 17,
-    meta: dict[str, Any] | None = None,
+    meta: JSONDict | None = None,
 ) -> dict[str, Path]:
-    """Export ``encoder`` (pixel_values (B, 3, S, S) float32 → visual tokens (B, N, D)) to an artefact folder.
+    """Export ``encoder`` (pixel_values (B, 3, S, S) float32 → features (B, n_feat, D)) to an artefact folder.
 
     Args:
-        encoder: the vision encoder, e.g. ``model.vision_encoder()``; traced in float32 on CPU (a copy is
+        encoder: the vision tower as a module, e.g. ``ExportableTower.module``; traced in float32 on CPU (a copy is
             made when it lives elsewhere); its train/eval mode is restored afterwards.
         preprocess: the preprocessing that produces its input; ``image_size`` fixes S.
         out_dir: the artefact folder; replaced as a whole (it may hold only a previous export).
         int8: also write the dynamically quantised ``vision.int8.onnx``.
         opset: ONNX opset of the written graph (the dynamo exporter builds at ≥ 18 and converts down).
-        meta: extra keys for ``vision_meta.json`` (e.g. the model fingerprint).
+        meta: extra keys for ``vision_meta.json`` (e.g. the vision fingerprint).
 
     Returns:
         Paths keyed ``fp32``, ``int8`` (when made), ``preprocess`` and ``meta``.
@@ -487,31 +514,36 @@ def export_vision_onnx(
     return _export_into(encoder, preprocess, out, int8=int8, opset=opset, meta=meta, keep_existing=False)
 
 
-def export_for_model(
-    model: Any, out_dir: str | os.PathLike[str], *, fingerprint: str, int8: bool = True
-) -> dict[str, Path]:
-    """Export a :class:`~pmllm_batch.model.pmllm.PMLLM`'s vision tower (features before the projector) to ``out_dir``.
+def _tower_meta(tower: ExportableTower, fingerprint: str) -> JSONDict:
+    return {"vision_fingerprint": fingerprint, "preset": tower.name}
 
-    ``fingerprint`` is the model's (``model.checkpoint.fingerprint(model)``), passed in by the caller: the runtime
-    layer does not import the model layer.
+
+def export_tower(
+    tower: ExportableTower | None, out_dir: str | os.PathLike[str], *, fingerprint: str, int8: bool = True
+) -> dict[str, Path]:
+    """Export a model's vision tower (its features, before the projector) to ``out_dir``.
+
+    Args:
+        tower: ``PMLLM.exportable_tower()``; None (a model built without its tower) raises.
+        fingerprint: the vision side's fingerprint (``model.checkpoint.vision_fingerprint(model)``), passed in by
+            the caller and recorded as ``vision_fingerprint``: the runtime layer does not import the model layer.
 
     Raises:
         ModelLoadError: the model was built without its torch vision tower, or the export failed.
     """
-    try:
-        encoder = model.vision_encoder()
-    except RuntimeError:
+    if tower is None:
         raise ModelLoadError(
             "the ONNX vision graph must be exported from a model built with its vision tower (with_vision=True)."
-        ) from None
-    meta = {"model_fingerprint": fingerprint, "preset": model.cfg.name}
-    return export_vision_onnx(encoder, model.preprocess, out_dir, int8=int8, meta=meta)
+        )
+    meta = _tower_meta(tower, fingerprint)
+    return export_vision_onnx(tower.module, tower.preprocess, out_dir, int8=int8, meta=meta)
 
 
-def ensure_vision_onnx(model: Any, cache_root: str | os.PathLike[str], fingerprint: str) -> Path:
+def ensure_vision_onnx(tower: ExportableTower | None, cache_root: str | os.PathLike[str], fingerprint: str) -> Path:
     """The artefact folder ``cache_root/<fingerprint>/``, exported on first use.
 
-    ``fingerprint`` identifies the model (``model.checkpoint.fingerprint(model)``, computed by the caller).
+    ``fingerprint`` identifies the vision side (``model.checkpoint.vision_fingerprint(model)``, computed by the
+    caller). ``tower`` (``PMLLM.exportable_tower()``) may be None when the folder is already complete.
 
     A folder that is missing or incomplete (a killed export) is (re-)exported; a complete one is reused
     as is. Safe when several processes call this at once: each exports into its own temporary folder and
@@ -519,6 +551,9 @@ def ensure_vision_onnx(model: Any, cache_root: str | os.PathLike[str], fingerpri
 
     Returns:
         The folder (holding fp32 and int8 graphs).
+
+    Raises:
+        ModelLoadError: the folder must be exported and ``tower`` is None, or the export failed.
     """
     root = Path(cache_root)
     fp = fingerprint
@@ -526,16 +561,14 @@ def ensure_vision_onnx(model: Any, cache_root: str | os.PathLike[str], fingerpri
     if is_complete(out):
         log.debug("reusing ONNX vision graph %s", out)
         return out
-    root.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(root)
-    log.info("exporting the vision encoder of model %s to ONNX (once per model) into %s", fp, out)
-    try:
-        encoder = model.vision_encoder()
-    except RuntimeError:
+    if tower is None:
         raise ModelLoadError(
             f"no ONNX vision graph is cached at {out} and this model was built without its vision tower; "
             "load it once with the vision tower (or use the torch vision backend)."
-        ) from None
-    meta = {"model_fingerprint": fp, "preset": model.cfg.name}
-    _export_into(encoder, model.preprocess, out, int8=True, opset=17, meta=meta, keep_existing=True)
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(root)
+    log.info("exporting the vision tower %s to ONNX (once per tower) into %s", fp, out)
+    meta = _tower_meta(tower, fp)
+    _export_into(tower.module, tower.preprocess, out, int8=True, opset=17, meta=meta, keep_existing=True)
     return out

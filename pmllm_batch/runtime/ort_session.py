@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pmllm_batch.errors import ModelLoadError
 from pmllm_batch.log import get_logger
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = get_logger("runtime.ort")
 
@@ -101,7 +104,7 @@ def _cuda_driver_present() -> bool:
     return False
 
 
-def _provider_options(provider: str) -> dict[str, Any]:
+def _provider_options(provider: str) -> dict[str, str]:
     if provider == "CUDAExecutionProvider":
         # Grow the CUDA arena only by what is requested: a batch scorer shares the GPU with the torch LLM.
         return {"arena_extend_strategy": "kSameAsRequested"}
@@ -114,7 +117,7 @@ def create_session(
     providers: Sequence[str] | None = None,
     intra_op_threads: int = 0,
     inter_op_threads: int = 1,
-) -> Any:
+) -> InferenceSession:
     """Open an ONNX model in an ``onnxruntime.InferenceSession``.
 
     Args:

@@ -77,7 +77,7 @@ def preprocess_image(img: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
     """Turn one PIL image into the vision tower's input.
 
     Args:
-        img: Any-mode PIL image, already upright (EXIF-transposed); do not convert it to RGB first (see module doc).
+        img: a PIL image in any mode, upright (EXIF-transposed); do not convert it to RGB first (see module doc).
         cfg: Preprocessing config of the vision weights.
 
     Returns:

@@ -51,7 +51,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -196,7 +196,7 @@ def _parse_float(value: str | None) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _norm_id(value: Any) -> str:
+def _norm_id(value: object) -> str:
     """Canonical user id: stripped text; ``"12.0"`` (a numeric id that went through a spreadsheet) → ``"12"``."""
     s = str(value).strip()
     if _FLOAT_ID.match(s):
@@ -297,7 +297,7 @@ class _Table:
                 raise DatasetError(f"{what} file {path} has no column '{col}'.")
 
     @contextlib.contextmanager
-    def _reader(self) -> Iterator[tuple[Any, Iterator[list[str]]]]:
+    def _reader(self) -> Iterator[tuple[TextIO, Iterator[list[str]]]]:
         """Open the file and turn decoding / CSV / OS errors into one-sentence DatasetErrors."""
         try:
             with self.path.open("r", encoding="utf-8-sig", newline="") as fh:
@@ -345,7 +345,7 @@ def _check_split(split: str) -> str:
 
 
 def seeded_user_split(
-    all_user_ids: Iterable[Any], fold: int, seed: int = 0, test_fraction: float = 0.25
+    all_user_ids: Iterable[object], fold: int, seed: int = 0, test_fraction: float = 0.25
 ) -> tuple[list[str], list[str]]:
     """User-disjoint split without fold files.
 
@@ -385,7 +385,7 @@ def _read_id_file(path: Path) -> set[str]:
 
 
 def user_split(
-    root: str | Path, all_user_ids: Iterable[Any], fold: int, seed: int = 0, test_fraction: float = 0.25
+    root: str | Path, all_user_ids: Iterable[object], fold: int, seed: int = 0, test_fraction: float = 0.25
 ) -> tuple[list[str], list[str]]:
     """Train/test user ids for one fold, never overlapping.
 

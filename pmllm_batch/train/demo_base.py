@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pmllm_batch.model.config import ModelCfg
 from pmllm_batch.model.prompts import ANSWER_HINT, QUESTION, render_persona
 from pmllm_batch.profiles import BIG_FIVE, Profile
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL = ["[PAD]", "[UNK]", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -54,7 +57,7 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(out_dir: Path) -> Any:
+def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from tokenizers.trainers import WordLevelTrainer
     from transformers import PreTrainedTokenizerFast
@@ -71,7 +74,7 @@ def build_tokenizer(out_dir: Path) -> Any:
     return fast
 
 
-def _make_context_mixer(lm: Any) -> None:
+def _make_context_mixer(lm: LlamaForCausalLM) -> None:
     """Rescale the random attention so the frozen demo LM carries the persona to later positions.
 
     With HF's default init (std 0.02) a random 64-wide LM barely mixes positions: attention adds ~2% to
@@ -96,10 +99,10 @@ def _make_context_mixer(lm: Any) -> None:
 def pretrain_demo_vision(visual: Any, steps: int = 1500, seed: int = 0, batch: int = 64) -> list[float]:
     """Teach the tiny tower to *see* the synthetic renderer's image parameters.
 
-    A CLIP tower's patch tokens describe colour, light, sharpness and layout; a random tiny ViT's do not
+    A CLIP tower's patch features describe colour, light, sharpness and layout; a random tiny ViT's do not
     (a linear probe on them recovers brightness but not blur or noise). So, standing in for CLIP
     pre-training, the demo tower is trained to regress the 7 :class:`ImageParams` of freshly rendered
-    images from its mean-pooled penultimate tokens (the tokens the projector reads). It never sees
+    images from its mean-pooled penultimate features (what the projector reads). It never sees
     ratings or people; the tower is frozen afterwards like any CLIP tower.
     """
     import numpy as np

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation with the controls that tell profile use from profile-blindness (DESIGN §6).
+"""Zero-shot evaluation with the controls that tell profile use from profile-blindness.
 
 Controls (``--control``):
 
@@ -24,8 +24,9 @@ import torch
 
 from pmllm_batch.errors import UserError
 from pmllm_batch.model.pmllm import PMLLM
+from pmllm_batch.model.presets import demo_note
 from pmllm_batch.model.prompts import render_persona
-from pmllm_batch.profiles import NEUTRAL_PROFILE
+from pmllm_batch.profiles import NEUTRAL_PROFILE, Profile
 from pmllm_batch.train import CONTROLS
 from pmllm_batch.train.datasets import RatingDataset
 from pmllm_batch.train.features import image_features
@@ -43,7 +44,7 @@ def personas_for(
     """Each test user's persona text under a control; ``style``/``fields`` change how real profiles are written."""
     users = sorted(dataset.profiles)
 
-    def render(profile: Any) -> str:
+    def render(profile: Profile) -> str:
         return render_persona(profile, style=style, fields=fields)
 
     if control == "neutral":
@@ -108,7 +109,7 @@ def evaluate(
     seed: int = 0,
     n_boot: int = 1000,
     out_dir: str | Path | None = None,
-    features: Any = None,
+    features: tuple[dict[Path, int], torch.Tensor] | None = None,
     style: str = "standard",
     fields: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def evaluate(
         "profile_fields": list(fields) if fields is not None else None,
         "dataset": dataset.name,
         "demo": bool(model.cfg.demo),
+        "demo_note": demo_note(model.cfg),
     }
     if out_dir is not None:
         write_report(result, pred, target, users, Path(out_dir))
@@ -143,7 +145,7 @@ def write_report(result: dict[str, Any], pred: np.ndarray, target: np.ndarray, u
     md = [
         f"# Zero-shot evaluation — {result['dataset']} (control: {result['control']})",
         "",
-        "DEMO model: these figures show the mechanism on the synthetic task, not real taste."
+        f"{result.get('demo_note') or 'demo model: these figures show the mechanism, not real taste'}."
         if result.get("demo")
         else "",
         "",

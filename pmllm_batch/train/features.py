@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ def image_features(
     paths = sorted({s.image_path for s in dataset.samples})
     index = {p: i for i, p in enumerate(paths)}
     feats = []
-    it: Any = range(0, len(paths), batch)
+    it: Iterable[int] = range(0, len(paths), batch)
     if progress:
         from tqdm import tqdm
 

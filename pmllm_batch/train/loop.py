@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pmllm_batch.log import get_logger
-from pmllm_batch.model.pmllm import PMLLM
+from pmllm_batch.model.pmllm import PMLLM, PrefixState
 from pmllm_batch.model.prompts import PromptTokens, attribute_question, build_prompt, render_persona
 from pmllm_batch.model.readout import soft_targets
 from pmllm_batch.train.datasets import RatingDataset
@@ -102,7 +101,7 @@ class Trainer:
             {uid: build_prompt(tok, p, CAPTION_QUESTION) for uid, p in personas.items()} if self.captions else {}
         )
         self.feat_index, self.features = image_features(model, dataset)
-        self._prefixes: dict[tuple[str, str], Any] = {}
+        self._prefixes: dict[tuple[str, str], PrefixState] = {}
         self.autocast = model.device.type == "cuda"
 
     # -- checkpointing ---------------------------------------------------------------------------
@@ -159,7 +158,7 @@ class Trainer:
             loss = loss + per_row.sum() / len(units)
         return loss
 
-    def _prefix(self, user_id: str, task: str) -> Any:
+    def _prefix(self, user_id: str, task: str) -> PrefixState:
         key = (user_id, task)
         if key not in self._prefixes:
             self._prefixes[key] = self.model.encode_prompt_prefix(self.prompts[key])

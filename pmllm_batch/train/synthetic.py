@@ -7,7 +7,7 @@ taste is readable from their profile at all. Here the ground truth is known: ima
 7 parameters, people are sampled in PARA's profile schema, and a **hidden rating function** says how
 much each person likes each image. A model that reads the profile text and the pixels can learn it; a
 model that ignores the profile provably cannot get past a known ceiling. The demo preset is trained on
-this task (DESIGN §3, §6), and its scores show the mechanism, not real taste.
+this task, and its scores show the mechanism, not real taste.
 
 Images (:class:`ImageParams`, :func:`render_image`)
 ---------------------------------------------------
@@ -497,7 +497,7 @@ def _fmt(x: float) -> str:
     return f"{x:.{_PARAM_DECIMALS}f}"
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)

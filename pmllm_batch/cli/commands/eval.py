@@ -60,7 +60,7 @@ def _fields(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from pmllm_batch.model.factory import create_model
+    from pmllm_batch.model.spec import ModelSpec
     from pmllm_batch.train.datasets import load_dataset
     from pmllm_batch.train.evaluate import evaluate
 
@@ -68,13 +68,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if (ckpt / "adapter").is_dir():
         ckpt = ckpt / "adapter"
     ds = load_dataset(args.dataset, Path(args.root), fold=args.fold, split=args.split, seed=args.seed)
-    model = create_model(
-        None,
-        str(ckpt),
-        offline=settings.model.offline,
-        device=settings.resolved_device(),
-        lm_cache_dir=str(settings.cache_dir()),
-    )
+    # the adapter's own architecture (preset None), with [model] lm_path / vision_checkpoint / offline and
+    # [score] quantize as rank would load it
+    model = ModelSpec.from_settings(settings, checkpoint=str(ckpt), preset=None).create()
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval-{args.dataset}-fold{args.fold}-{args.control}"
     result = evaluate(
         model, ds, args.control, seed=args.seed, out_dir=out, style=args.persona_style, fields=args.profile_fields

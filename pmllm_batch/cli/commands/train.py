@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from pmllm_batch.model.checkpoint import save_adapter
-    from pmllm_batch.model.factory import create_model
+    from pmllm_batch.model.spec import ModelSpec
     from pmllm_batch.train.datasets import load_dataset
     from pmllm_batch.train.loop import TrainCfg, Trainer
     from pmllm_batch.train.synthetic import make_synthetic_dataset
@@ -73,8 +73,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = create_model(settings.model.preset, args.init or "none", offline=settings.model.offline,
-                         device=settings.resolved_device(), lm_cache_dir=str(settings.cache_dir()))
+    # [model] preset, lm_path, vision_checkpoint, offline as every command reads them; a fresh adapter unless --init,
+    # and the float LLM: int8 ([score] quantize) is for CPU inference, gradients need float weights
+    model = ModelSpec.from_settings(settings, checkpoint=args.init or "none").with_quantize("none").create()
     cfg = TrainCfg(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                    seed=args.seed, tasks=tasks, checkpoint_every=args.checkpoint_every,
                    caption_weight=args.caption_weight)
