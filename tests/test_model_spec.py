@@ -220,10 +220,10 @@ def test_the_demo_note_names_the_preset_and_what_is_real() -> None:
     smol, _ = model_cfg_for("smol", "none")
     cpu, _ = model_cfg_for("cpu", "none")
     assert demo_note(demo) == (
-        "demo: a tiny model trained on a synthetic task — scores show the mechanism, not real taste"
+        "demo: a tiny model trained on a synthetic task — scores show the mechanism, not anyone's real taste."
     )
     assert demo_note(smol) == (
         "smol: a real LLM (SmolLM2-135M-Instruct) with an adapter trained on a synthetic task — scores show the "
-        "mechanism, not real taste"
+        "mechanism, not anyone's real taste."
     )
     assert demo_note(cpu) is None  # not a demo: nothing to say

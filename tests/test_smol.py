@@ -309,6 +309,10 @@ def test_the_readme_smol_command_ranks_the_examples_differently_for_each_person(
     assert ranked.returncode == 0, ranked.stderr
     summary = json.loads(ranked.stdout.splitlines()[-1])
     assert (summary["scanned"], summary["encoded"], summary["scored"], summary["failed"]) == (7, 7, 21, 0)
+    # the note follows the config's demo flag and names the preset and what is real in it
+    assert summary["demo"] is True
+    assert summary["note"].startswith("smol: a real LLM (SmolLM2-135M-Instruct) with an adapter trained on a "
+                                      "synthetic task")
     tops = _tops(ranked.stdout)
     assert set(tops) == {"ana", "bernd", "coarse"}
     assert all(sorted(t) == sorted(tops["ana"]) for t in tops.values())  # the same seven photos ...

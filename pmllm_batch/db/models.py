@@ -50,7 +50,9 @@ def _info(row: ModelRow, meta_data: Mapping[str, object]) -> ModelInfo:
     # only had the preset to tell, and the one demo preset then was "demo".
     flag = meta_data.get("demo")
     demo = flag if isinstance(flag, bool) else row.preset == "demo"
-    return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset, "demo": demo}
+    note = meta_data.get("note")
+    return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset, "demo": demo,
+            "note": note if isinstance(note, str) else ""}
 
 
 def remember_recipe(s: Session, model_id: int, recipe: str, facts: Mapping[str, object]) -> None:

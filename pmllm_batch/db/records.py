@@ -49,6 +49,7 @@ class ModelInfo(TypedDict):
     fingerprint: str
     preset: str  # the preset's name ("demo", "smol", …) or a preset file's
     demo: bool  # the model config's demo flag: its scores show the mechanism, not anyone's real taste
+    note: str  # for a demo: the sentence that says so, naming the preset (model.presets.demo_note); else ""
 
 
 class RecipeModel(ModelInfo, total=False):

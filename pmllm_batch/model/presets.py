@@ -125,4 +125,4 @@ def demo_note(cfg: ModelCfg) -> str | None:
     else:
         label = Path(lm.rstrip("/")).name or lm
         what = f"a real LLM ({label}) with an adapter trained on a synthetic task"
-    return f"{cfg.name}: {what} — scores show the mechanism, not real taste"
+    return f"{cfg.name}: {what} — scores show the mechanism, not anyone's real taste."

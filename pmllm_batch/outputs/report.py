@@ -53,7 +53,8 @@ _DEMO_MODELS = {
 
 
 def demo_disclaimer(preset: str) -> str:
-    """The note on a report scored by a model whose config says ``demo``, naming its preset."""
+    """The note on a report scored by a demo model registered before its own note was stored, naming its preset
+    (newer models store the model layer's :func:`pmllm_batch.model.presets.demo_note` with their row)."""
     what = _DEMO_MODELS.get(preset, "a model")
     return f"{preset}: {what} trained on a synthetic task — scores show the mechanism, not anyone's real taste."
 
@@ -117,6 +118,7 @@ class ReportSummary:
     demo: bool  # the current model's stored demo flag
     model: str | None  # its fingerprint
     preset: str | None = None  # its preset
+    note: str = ""  # a demo model's own sentence naming its preset (stored when it was registered)
     thumbnails_made: int = 0
     thumbnails_reused: int = 0
     problems: list[ReportProblem] = field(default_factory=list)  # photos without a thumbnail
@@ -294,6 +296,7 @@ def build_report(
         demo=current is not None and current["demo"],
         model=current["fingerprint"] if current else None,
         preset=current["preset"] if current else None,
+        note=current["note"] if current else "",
         failures=[f for f in store.failures() if in_scope(f["path"], scopes)],
     )
     planned = [*wanted, INDEX, *(person.page for person in people)]
@@ -324,7 +327,7 @@ def build_report(
             "summary": summary,
             "people": people,
             "version": __version__,
-            "disclaimer": demo_disclaimer(summary.preset or "") if summary.demo else "",
+            "disclaimer": (summary.note or demo_disclaimer(summary.preset or "")) if summary.demo else "",
             "top": top,
             "scoped": not view_scope.everything,
             "scopes": scopes or [],

@@ -28,6 +28,8 @@ class KnownModel:
     fingerprint: str
     vision_id: str
     demo: bool
+    preset: str = ""
+    note: str = ""  # for a demo model, the sentence that says so and names the preset
 
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -118,18 +120,19 @@ class ModelRegistry:
             loaded = self.models.get()
             if not self._registered or self._model is None or self._model.fingerprint != loaded.fingerprint:
                 demo = bool(loaded.model.cfg.demo)
-                model_id = self.store.ensure_model(loaded.fingerprint, loaded.preset, {"demo": demo})
+                note = loaded.demo_note or ""
+                model_id = self.store.ensure_model(loaded.fingerprint, loaded.preset, {"demo": demo, "note": note})
                 vision_id = str(loaded.vision.graph_id)
-                self.store.remember_recipe(model_id, self.recipe, {"vision_id": vision_id, "demo": demo})
-                self._model = KnownModel(model_id, loaded.fingerprint, vision_id, demo)
+                self.store.remember_recipe(model_id, self.recipe, {"vision_id": vision_id, "demo": demo, "note": note})
+                self._model = KnownModel(model_id, loaded.fingerprint, vision_id, demo, loaded.preset, note)
                 self._registered = True
             return self._model
         if self._model is None and not self._looked_up:
             self._looked_up = True
             row = self.store.model_for_recipe(self.recipe)
-            if row is not None and isinstance(row.get("vision_id"), str):
-                self._model = KnownModel(int(row["id"]), str(row["fingerprint"]), str(row["vision_id"]),
-                                         bool(row.get("demo")))
+            if row is not None and "vision_id" in row:
+                self._model = KnownModel(row["id"], row["fingerprint"], row["vision_id"], row["demo"], row["preset"],
+                                         row["note"])
         return self._model
 
     def loaded(self) -> KnownModel:
@@ -140,6 +143,6 @@ class ModelRegistry:
 
     def note(self, model: KnownModel, summary: RunSummary) -> None:
         """The run scores with ``model``: say so in the summary and make it the library's current model."""
-        summary.model, summary.demo = model.fingerprint, model.demo
+        summary.model, summary.demo, summary.note = model.fingerprint, model.demo, model.note
         if self.store.current_model_id() != model.id:
             self.store.make_current(model.id)

@@ -30,6 +30,7 @@ class RunSummary:
     failures: list[dict[str, str]] = field(default_factory=list)
     moved: int = 0  # files moved or renamed (their scores kept): counted in neither ``new`` nor ``missing``
     demo: bool = False  # the model scoring (loaded, or known from an earlier load) is a demo (its config's flag)
+    note: str = ""  # for a demo model: the sentence that says so, naming the preset
     too_small: int = 0  # files under the roots skipped as too small to judge ([scan] min_side)
     raw_pairs: int = 0  # RAW files under the roots shown as their JPEG twin (one photo)
     # Files read in this run that failed (``failures`` also lists earlier ones under the roots); not in to_dict.

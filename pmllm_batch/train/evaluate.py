@@ -145,7 +145,7 @@ def write_report(result: dict[str, Any], pred: np.ndarray, target: np.ndarray, u
     md = [
         f"# Zero-shot evaluation — {result['dataset']} (control: {result['control']})",
         "",
-        f"{result.get('demo_note') or 'demo model: these figures show the mechanism, not real taste'}."
+        str(result.get("demo_note") or "demo model: these figures show the mechanism, not anyone's real taste.")
         if result.get("demo")
         else "",
         "",

@@ -15,7 +15,8 @@ from pmllm_batch.config import Settings
 from . import plural, positive_int, summary_line
 from .view_options import add_view_options, view_of
 
-DEMO_NOTE = "demo model: these scores show the mechanism on a synthetic task, not real aesthetic judgement"
+# for a model registered before its note was stored (the demo preset was the only demo then)
+DEMO_NOTE = "demo: a tiny model trained on a synthetic task — scores show the mechanism, not anyone's real taste."
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="score even with fusion that was never trained (every photo alike): benchmarks only")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines: one object per profile ranking, then one summary object")
+    parser.add_argument("--engine", choices=("local", "ray"),
+                        help="run the pipeline in this process (local) or on a Ray cluster (ray; docs/RAY.md); "
+                        "overrides engine.kind")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); implies --engine ray; "
+                        "overrides engine.address")
     add_view_options(parser, under=False)  # the ranking printed is of the photos under PATH... only
     parser.set_defaults(func=run)
 
@@ -53,8 +60,25 @@ def with_model_options(args: argparse.Namespace, settings: Settings) -> Settings
     return dataclasses.replace(settings, model=dataclasses.replace(settings.model, **changes)) if changes else settings
 
 
+def with_engine_options(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``--engine`` / ``--ray-address`` as [engine] overrides (an address alone means the Ray engine)."""
+    changes: dict[str, Any] = {}
+    if getattr(args, "ray_address", None):
+        changes["address"] = args.ray_address
+        changes["kind"] = "ray"
+    if getattr(args, "engine", None):
+        changes["kind"] = args.engine
+    if not changes:
+        return settings
+    return dataclasses.replace(settings, engine=dataclasses.replace(settings.engine, **changes))
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings = with_model_options(args, settings)
+    settings = with_engine_options(args, with_model_options(args, settings))
+    if settings.engine.kind == "ray":
+        from pmllm_batch.scorer.ray_engine import require_ray
+
+        require_ray()  # one sentence naming the extra, before anything is opened
     from pmllm_batch.db import Store
     from pmllm_batch.outputs.bursts import RankingView
     from pmllm_batch.scorer.batch import LibraryScorer
@@ -62,8 +86,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     roots = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
     group, scope = view_of(args, settings, roots)  # checked before any work: a bad date is one sentence
     with Store(settings.db_url()) as store:
-        scorer = LibraryScorer(settings, store, progress=not args.quiet and sys.stderr.isatty())
-        summary = scorer.run(args.paths, args.profile)
+        progress = not args.quiet and sys.stderr.isatty()
+        if settings.engine.kind == "ray":
+            from pmllm_batch.scorer.ray_engine import RayScorer
+
+            summary = RayScorer(settings, store, progress=progress).run(args.paths, args.profile)
+        else:
+            summary = LibraryScorer(settings, store, progress=progress).run(args.paths, args.profile)
         names = args.profile or [p.name for p in store.list_profiles()]
         rankings = {}
         if args.json or not args.quiet:  # -q prints nothing: no ranking is read (a cron run on a big library)
@@ -80,7 +109,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0  # -q: nothing on success (the rankings stay in the database: export, status, report)
     out = sys.stdout
     if demo:
-        out.write(f"note: {DEMO_NOTE}\n")
+        out.write(f"note: {summary.note or DEMO_NOTE}\n")
     for name, rows in rankings.items():
         out.write(f"\n{name} — top {len(rows)}\n")
         for r in rows:
