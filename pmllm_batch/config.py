@@ -105,7 +105,9 @@ class ScanSettings:
     extensions: tuple[str, ...] = ()  # () = built-in list
     max_pixels: int = field(default=100_000_000, metadata=_minimum(1))  # decompression-bomb guard
     follow_symlinks: bool = True
-    min_side: int = field(default=24, metadata=_minimum(0))  # shorter side below this: skipped as too_small
+    min_side: int = field(default=256, metadata=_minimum(0))  # shorter side below this: skipped as too_small
+    # Spread (standard deviation, 0-255) of the downscaled luminance below this: skipped as blank; 0 = never
+    blank_std: float = field(default=2.0, metadata=_minimum(0))
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class ScoreSettings:
 
 @dataclass(frozen=True)
 class WatchSettings:
-    """[watch]: the daemon. All values are seconds except ``poll``."""
+    """[watch]: the daemon. All values are seconds except ``poll`` and ``preload``."""
 
     settle: float = field(default=2.0, metadata=_minimum(0))  # file must be unchanged this long
     poll: bool = False  # poll instead of OS notifications
@@ -127,6 +129,7 @@ class WatchSettings:
     reconcile_interval: float = field(default=600.0, metadata=_minimum(0))  # full rescan period
     idle_unload: float = field(default=300.0, metadata=_minimum(0))  # unload models after this idle time
     debounce: float = field(default=1.0, metadata=_minimum(0))  # gather events into one batch
+    preload: bool = False  # load the models at start, not on the first photo (ignored by --once)
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,25 @@ class GroupSettings:
                 raise ConfigError(f"[group] {name} is a cosine similarity: at most 1 (got {getattr(self, name):g}).")
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """[engine]: where ``rank`` runs the pipeline: in this process ("local") or on a Ray cluster ("ray").
+
+    Flat keys (every section here is one table): the Ray engine's keys are the ones after ``kind``
+    (``pmllm_batch/scorer/ray_engine.py``; docs/RAY.md).
+    """
+
+    kind: str = field(default="local", metadata=_choices("local", "ray"))
+    # Ray cluster to join ("auto", "HOST:6379", "ray://HOST:10001"); "" = $RAY_ADDRESS, else a Ray on this machine
+    address: str = ""
+    vision_actors: int = field(default=1, metadata=_minimum(1))  # decode + encode actors (each loads the models)
+    scoring_actors: int = field(default=1, metadata=_minimum(1))  # LLM scoring actors (each loads the models)
+    gpus_per_actor: float = field(default=0.0, metadata=_minimum(0))  # 0 = CPU actors; 0.5 = two actors per GPU
+    cpus_per_actor: float = field(default=0.5, metadata=_minimum(0.01))  # fractional: Ray Data's own tasks need CPUs
+    vision_batch_size: int = field(default=0, metadata=_minimum(0))  # files per vision call; 0 = [vision] batch_size
+    score_batch_size: int = field(default=0, metadata=_minimum(0))  # photos per scoring call; 0 = [score] batch_size
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "vision": VisionSettings,
@@ -205,6 +227,7 @@ SECTIONS: dict[str, type] = {
     "xmp": XmpSettings,
     "report": ReportSettings,
     "group": GroupSettings,
+    "engine": EngineSettings,
 }
 
 
@@ -222,6 +245,7 @@ class Settings:
     xmp: XmpSettings = field(default_factory=XmpSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     group: GroupSettings = field(default_factory=GroupSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     # HOME / XDG_* as seen by load_config, so the path helpers agree with the lookup; None = os.environ.
     environ: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 

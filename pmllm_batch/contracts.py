@@ -65,6 +65,7 @@ class SkipReason(StrEnum):
 
     TOO_SMALL = "too_small"  # shorter side below [scan] min_side
     RAW_PAIR = "raw_pair"  # a camera RAW whose JPEG twin is in the library: the pair is one photo
+    BLANK = "blank"  # near-uniform pixels (lens cap, misfire, a blank frame): below [scan] blank_std
 
 
 class FailReason(StrEnum):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import SupportsInt, TypedDict, cast
 
 __all__ = [
     "INTERPOLATIONS",
@@ -86,7 +86,7 @@ class PreprocessCfg:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessCfg:
+    def from_dict(cls, d: Mapping[str, object]) -> PreprocessCfg:
         """Build from :meth:`to_dict` output; open_clip's key ``size`` is accepted for ``image_size``.
 
         Unknown keys are ignored so newer artifact files still load.
@@ -97,12 +97,13 @@ class PreprocessCfg:
         size = d.get("image_size", d.get("size"))
         if size is None or "mean" not in d or "std" not in d:
             raise ValueError("preprocess config needs 'image_size', 'mean' and 'std'")
+        # Values as the JSON holds them: __post_init__ checks (and normalises) each, raising ValueError.
         return cls(
             image_size=_square_size(size),
-            mean=d["mean"],
-            std=d["std"],
-            interpolation=d.get("interpolation") or "bicubic",
-            resize_mode=d.get("resize_mode") or "shortest",
+            mean=cast("tuple[float, float, float]", d["mean"]),
+            std=cast("tuple[float, float, float]", d["std"]),
+            interpolation=cast(str, d.get("interpolation") or "bicubic"),
+            resize_mode=cast(str, d.get("resize_mode") or "shortest"),
         )
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
@@ -123,7 +124,7 @@ class PreprocessCfg:
         return cls.from_dict(data)
 
 
-def _square_size(size: Any) -> int:
+def _square_size(size: object) -> int:
     if isinstance(size, list | tuple):
         if len(size) == 1:
             size = size[0]
@@ -131,10 +132,10 @@ def _square_size(size: Any) -> int:
             size = size[0]
         else:
             raise ValueError(f"only square image sizes are supported, got {tuple(size)}")
-    return int(size)
+    return int(cast(SupportsInt, size))  # a number from JSON or open_clip; int() raises on anything else
 
 
-def preprocess_cfg_from_open_clip(visual: Any) -> PreprocessCfg:
+def preprocess_cfg_from_open_clip(visual: object) -> PreprocessCfg:
     """Read the preprocessing config attached to an open_clip model or its ``visual`` tower.
 
     Mirrors ``open_clip.get_model_preprocess_cfg``: the ``preprocess_cfg`` dict when present (set by

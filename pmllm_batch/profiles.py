@@ -137,7 +137,9 @@ def _build(cls: type[Profile], data: dict[str, object], *, strict: bool) -> tupl
         else:
             problems.append(f"unknown field(s) {', '.join(unknown)}; allowed fields are {', '.join(ALLOWED_KEYS)}")
     name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if name is None or (isinstance(name, str) and not name.strip()):
+        problems.append('a profile needs a name (a line such as name = "mia")')
+    elif not isinstance(name, str) or not _NAME_RE.match(name):
         problems.append(f"'name' must be 1-64 letters, digits, spaces, '.', '_' or '-' (got {name!r})")
     age = data.get("age")
     if age is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,30 @@ from tests.helpers import CLIEnv, Library, Scored, isolated_env, scored_copy
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _session_home() -> Path:
+    """Point HOME and the XDG folders into one fresh folder for the whole session (removed at its end), so nothing a
+    test runs writes into the home of whoever runs the suite: not our defaults (a GGUF conversion once left 517 MB in
+    ~/.cache/pmllm-batch/llm), and not the libraries' (ONNX Runtime's ~/.cache/Microsoft device id, matplotlib's font
+    cache, Chromium's ~/.pki). ``isolated_env`` narrows this further per test. The Hugging Face cache stays readable
+    where it was (offline: nothing is written), for the ``needs_weights`` tests."""
+    real_hf = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface" / "hub"
+    if "HF_HOME" not in os.environ and "HF_HUB_CACHE" not in os.environ and real_hf.is_dir():
+        os.environ["HF_HUB_CACHE"] = str(real_hf)
+    home = Path(tempfile.mkdtemp(prefix="pmllm-tests-home-"))
+    os.environ["HOME"] = str(home)
+    for name, rel in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+                      ("XDG_DATA_HOME", ".local/share"), ("XDG_STATE_HOME", ".local/state")):
+        os.environ[name] = str(home / rel)
+    return home
+
+
+SESSION_HOME = _session_home()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -62,8 +62,15 @@ class FakeVision:
 
 
 @dataclass(frozen=True)
+class FakeLM:
+    name_or_path: str = "pkg:fake"  # a shipped (tiny) LLM, as the demo's: what demo_note reads
+
+
+@dataclass(frozen=True)
 class FakeCfg:
     demo: bool
+    name: str = "fake"
+    lm: FakeLM = FakeLM()
 
 
 @dataclass(frozen=True)

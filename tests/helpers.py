@@ -10,6 +10,11 @@ is removed, so neither a developer's config nor their database can leak in; the 
 ``env.db_path`` (``$XDG_DATA_HOME/pmllm-batch/library.sqlite``). Extra variables for the world (a shared model cache)
 are passed in, so they are restored with the rest.
 
+The environment's user config sets ``[scan] min_side = 24`` (:data:`TEST_MIN_SIDE`): the generated photos are small
+(120 x 90 and up) and the shipped default (256, for camera libraries) would skip most of them as too small. Every CLI
+test and every ``load_config()`` inside the environment sees it; :meth:`CLIEnv.write_config` keeps it unless the
+test's text sets ``min_side`` itself. Tests of the default itself read ``load_config(env={})`` (256).
+
 The xmp and report tests share one kind of library (:func:`ranked_library`, :func:`scored_copy`): ranked once per
 module with the demo model through the CLI, then copied for each test (the ``library`` fixture in conftest).
 """
@@ -23,9 +28,11 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,26 @@ from tests.imagegen import make_photo_folder, write_truncated_jpeg
 T = TypeVar("T")
 
 _XDG_VARS = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME")
+
+# [scan] min_side in every test environment: the suite's generated photos are 120 x 90 and up (the default is 256).
+TEST_MIN_SIDE = 24
+
+
+def with_test_min_side(text: str) -> str:
+    """``text`` (a config file) with ``[scan] min_side = TEST_MIN_SIDE`` added, unless it sets ``min_side`` itself or
+    is not valid TOML (a test of a broken file gets it as written)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text
+    scan = data.get("scan")
+    if isinstance(scan, dict) and "min_side" in scan:
+        return text
+    key = f"min_side = {TEST_MIN_SIDE}"
+    if scan is None:
+        return text + ("" if not text or text.endswith("\n") else "\n") + f"[scan]\n{key}\n"
+    # a [scan] table without min_side: the key goes right below its header
+    return re.sub(r"(?m)^\[scan\][ \t]*(#.*)?$", lambda m: f"{m.group(0)}\n{key}", text, count=1)
 
 
 @dataclass
@@ -109,9 +136,10 @@ class CLIEnv:
         return path
 
     def write_config(self, text: str) -> Path:
-        """Write the XDG user config file."""
+        """Write the XDG user config file: ``text``, plus the test environment's ``[scan] min_side`` (see
+        :func:`with_test_min_side`)."""
         self.user_config.parent.mkdir(parents=True, exist_ok=True)
-        self.user_config.write_text(text, encoding="utf-8")
+        self.user_config.write_text(with_test_min_side(text), encoding="utf-8")
         return self.user_config
 
 
@@ -140,7 +168,8 @@ def to_toml(data: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def isolated_env(base: Path, environ: Mapping[str, str] | None = None) -> Iterator[CLIEnv]:
     """Point HOME and XDG folders into ``base``, drop ``PMLLM_*`` variables, set ``environ`` (e.g.
-    ``{"PMLLM_PATHS__CACHE_DIR": …}``); restore everything on exit."""
+    ``{"PMLLM_PATHS__CACHE_DIR": …}``), write a user config with ``[scan] min_side = TEST_MIN_SIDE``; restore
+    everything on exit."""
     env = CLIEnv(
         root=base,
         home=base / "home",
@@ -150,6 +179,8 @@ def isolated_env(base: Path, environ: Mapping[str, str] | None = None) -> Iterat
     )
     for folder in (env.home, env.config_home, env.data_home, env.cache_home):
         folder.mkdir(parents=True, exist_ok=True)
+    if not env.user_config.exists():  # a second isolated_env on the same base keeps what a test wrote there
+        env.write_config("")
     saved = dict(os.environ)
     try:
         for name in list(os.environ):

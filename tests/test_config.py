@@ -12,7 +12,7 @@ import pytest
 
 from pmllm_batch.config import Settings, as_db_url, load_config
 from pmllm_batch.errors import ConfigError
-from tests.helpers import CLIEnv
+from tests.helpers import TEST_MIN_SIDE, CLIEnv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_defaults_match_the_shipped_file_and_the_dataclasses(env: CLIEnv, env_vars: dict[str, str]) -> None:
+    env.user_config.unlink()  # the test environment's own config (min_side for small test photos): none here
     settings = load_config(env=env_vars)
     assert settings == Settings()
     assert settings.model.preset == "demo" and settings.model.device == "auto" and settings.model.offline is False
@@ -34,6 +35,22 @@ def test_defaults_match_the_shipped_file_and_the_dataclasses(env: CLIEnv, env_va
     assert settings.db_url() == env.db_url == f"sqlite:///{env.data_home}/pmllm-batch/library.sqlite"
     assert settings.data_dir() == env.data_home / "pmllm-batch"
     assert settings.cache_dir() == env.cache_home / "pmllm-batch"
+
+
+def test_item4_min_side_defaults_to_256(env: CLIEnv, env_vars: dict[str, str]) -> None:
+    # The default is for camera libraries: a 100 x 75 thumbnail or a logo is not ranked.
+    assert Settings().scan.min_side == 256
+    assert tomllib.loads(documented_defaults())["scan"]["min_side"] == 256
+    assert load_config(env={}).scan.min_side == 256
+    # The test environment sets its own, explicitly, for the suite's small generated photos.
+    assert load_config(env=env_vars).scan.min_side == TEST_MIN_SIDE == 24
+    assert tomllib.loads(env.user_config.read_text(encoding="utf-8"))["scan"]["min_side"] == 24
+    env.write_config('[group]\nenabled = false\n')  # a test's own config keeps it ...
+    assert load_config(env=env_vars).scan.min_side == 24
+    env.write_config('[scan]\nmin_side = 100\n')  # ... unless it sets its own
+    assert load_config(env=env_vars).scan.min_side == 100
+    env.user_config.unlink()
+    assert load_config(env=env_vars).scan.min_side == 256
 
 
 def test_without_xdg_variables_folders_fall_back_to_home(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,8 +82,8 @@ def wait_until(cond: Callable[[], T], timeout: float, what: str, daemon: Daemon 
 
 
 BATCH_RE = re.compile(
-    r"pmllm_batch\.daemon: (?P<what>.+?): (?:(?P<files>\d+) files, )?(?P<new>\d+) new, (?P<changed>\d+) changed, "
-    r"(?P<missing>\d+) missing, (?P<failed>\d+) failed; vision (?P<vision>\d+); scored (?P<scored>\d+) pairs"
+    r"pmllm_batch\.daemon: (?P<what>.+?): (?:(?P<files>\d+) files?, )?(?P<new>\d+) new, (?P<changed>\d+) changed, "
+    r"(?P<missing>\d+) missing, (?P<failed>\d+) failed; vision (?P<vision>\d+); scored (?P<scored>\d+) pairs?"
 )
 
 
@@ -443,6 +444,124 @@ class TestWatchService:
                 thread.join(timeout=HANG_GUARD)
             assert not thread.is_alive()
             assert service.totals.scored == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Item 8: the first batch's model load is announced, [watch] preload, batches numbered from 1
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_service(
+    env: CLIEnv, lib: Path, loader: Callable[[Any], Any], *, once: bool = False, **watch: Any
+) -> Iterator[Any]:
+    """A :class:`WatchService` on ``lib`` in a thread (fake models from ``loader``), stopped on exit."""
+    from pmllm_batch.config import load_config
+    from pmllm_batch.daemon.service import WatchService
+    from pmllm_batch.db import Store
+    from pmllm_batch.scorer import ModelCache
+
+    settings = load_config(overrides={
+        "db": {"url": env.db_url},
+        "scan": {"min_side": 16},  # the test photos are small
+        "watch": {"settle": 0.2, "debounce": 0.05, "reconcile_interval": 0, **watch},
+    })
+    with Store(env.db_url) as store:
+        service = WatchService(settings, store, [lib], once=once, models=ModelCache(settings, loader=loader),
+                               install_signals=False)
+        thread = threading.Thread(target=service.run)
+        thread.start()
+        try:
+            yield service
+        finally:
+            service.request_stop("test over")
+            thread.join(timeout=HANG_GUARD)
+        assert not thread.is_alive()
+
+
+class TestFirstBatch:
+    @pytest.fixture
+    def loads(self, caplog: pytest.LogCaptureFixture) -> tuple[list[str], Callable[[Any], Any]]:
+        """A fake loader that records, for each load, the log as it stood when the load started."""
+        logged_at_load: list[str] = []
+
+        def loader(settings: Any) -> Any:
+            logged_at_load.append(caplog.text)
+            return demo_fake_loader(settings)
+
+        return logged_at_load, loader
+
+    def test_item8_daemon_says_it_is_loading_the_model_before_the_first_batch(
+        self, env: CLIEnv, caplog: pytest.LogCaptureFixture, loads: tuple[list[str], Callable[[Any], Any]]
+    ) -> None:
+        logged_at_load, loader = loads
+        lib = env.root / "library"
+        lib.mkdir()
+        add_profile(env, "ana")
+        caplog.set_level(logging.INFO, logger="pmllm_batch")
+        with running_service(env, lib, loader) as service:
+            wait_until(lambda: "reconcile (initial scan):" in caplog.text, HANG_GUARD, "the initial scan")
+            assert logged_at_load == []  # an empty library loads nothing
+            photo(lib / "a.jpg", seed=1)
+            wait_until(lambda: "batch 1:" in caplog.text, HANG_GUARD, "the first batch")
+            assert fully_scored(env.db_path, lib, ["ana"], 1)
+        preset = service.settings.model.preset
+        said = (f"loading the {preset} model for the first batch (1 photo waiting); this takes a while the first "
+                "time")
+        assert len(logged_at_load) == 1 and said in logged_at_load[0]  # said before the load started
+        assert caplog.text.count("loading the") == 1
+
+    def test_item8_preload_loads_the_model_at_start(
+        self, env: CLIEnv, caplog: pytest.LogCaptureFixture, loads: tuple[list[str], Callable[[Any], Any]]
+    ) -> None:
+        logged_at_load, loader = loads
+        lib = env.root / "library"
+        lib.mkdir()
+        add_profile(env, "ana")
+        caplog.set_level(logging.INFO, logger="pmllm_batch")
+        with running_service(env, lib, loader, preload=True) as service:
+            wait_until(lambda: "reconcile (initial scan):" in caplog.text, HANG_GUARD, "the initial scan")
+            assert len(logged_at_load) == 1 and service.models.loaded  # before any photo
+            assert "reconcile (initial scan)" not in logged_at_load[0]  # loaded before the initial scan
+            preset = service.settings.model.preset
+            assert f"loading the {preset} model at start ([watch] preload = true)" in logged_at_load[0]
+            photo(lib / "a.jpg", seed=1)
+            wait_until(lambda: "batch 1:" in caplog.text, HANG_GUARD, "the first batch")
+            assert fully_scored(env.db_path, lib, ["ana"], 1)
+        assert len(logged_at_load) == 1  # the first batch found the models loaded
+        assert "for the first batch" not in caplog.text
+        # the default loads nothing at start, and --once ignores preload (a one-off scan loads only when needed)
+        (env.root / "empty").mkdir()
+        for once, preload in ((False, False), (True, True)):
+            with running_service(env, env.root / "empty", loader, once=once, preload=preload) as service:
+                wait_until(lambda s=service: s.scans == 1, HANG_GUARD, "the initial scan")
+                assert not service.models.loaded
+        assert len(logged_at_load) == 1
+
+    def test_item8_batches_are_numbered_from_1(
+        self, env: CLIEnv, caplog: pytest.LogCaptureFixture, loads: tuple[list[str], Callable[[Any], Any]]
+    ) -> None:
+        _, loader = loads
+        lib = env.root / "library"
+        old = photo(lib / "old.jpg", seed=1)
+        past = time.time() - 60  # settled before the daemon starts (a file written this instant waits to settle)
+        os.utime(old, (past, past))
+        add_profile(env, "ana")
+        caplog.set_level(logging.INFO, logger="pmllm_batch")
+        with running_service(env, lib, loader) as service:
+            wait_until(lambda: "reconcile (initial scan): 1 file, 1 new" in caplog.text, HANG_GUARD, "the initial scan")
+            photo(lib / "a.jpg", seed=2)
+            wait_until(lambda: "batch 1:" in caplog.text, HANG_GUARD, "the first event batch")
+            photo(lib / "b.jpg", seed=3)
+            wait_until(lambda: "batch 2:" in caplog.text, HANG_GUARD, "the second event batch")
+        lines = [r.getMessage() for r in caplog.records if r.name == "pmllm_batch.daemon"]
+        numbered = [m.split(":")[0] for m in lines if re.match(r"batch \d+:", m)]
+        assert numbered == ["batch 1", "batch 2"], lines
+        assert any(m.startswith("batch 1: 1 file, 1 new, ") and "scored 1 pair for 1 profile" in m for m in lines)
+        assert (service.scans, service.batches) == (1, 2)
+        assert "stopped (test over) after 1 scan and 2 batches: 3 new, 0 missing, vision 3, scored 3 pairs" in lines
+        run = query(env.db_path, "SELECT summary_json FROM runs WHERE kind = 'watch' ORDER BY id DESC")[0][0]
+        assert (json.loads(run)["batches"], json.loads(run)["scans"]) == (2, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ def test_watch_once_waits_out_the_settle_window_instead_of_skipping(
     caplog.set_level(logging.INFO, logger="pmllm_batch")
     code, out, err = env.run_cli("watch", str(lib), "--once", "--settle", "0.5")
     assert code == 0, err
-    assert out.startswith("scanned 5 files: 5 new, 0 changed, 0 unchanged, 0 missing, 0 failed; vision encodes 5; "
+    assert out.startswith("scanned 5 files (0 failed): 5 new, 0 changed, 0 unchanged; 0 missing; vision encodes 5; "
                           "scored 5 (photo, profile) pairs in "), out
     assert "5 files changed less than 0.5s ago; waiting for them to settle" in caplog.text
     assert rows(env.db_path, "SELECT COUNT(*) FROM photos WHERE status = 'ok'") == [(5,)]
@@ -488,7 +488,7 @@ def test_rank_counts_a_move_as_moved_not_as_new_and_missing(env: CLIEnv, fake_mo
     assert rows(env.db_path, "SELECT path, status FROM photos ORDER BY path") == [
         (str(files[1]), "missing"), (str(files[2]), "ok"), (str(lib / "renamed.jpg"), "ok")]
     code, out, _ = env.run_cli("rank", str(lib))
-    assert "scanned 2 files: 0 new, 0 changed, 2 unchanged, 0 missing, 0 failed; vision encodes 0; scored 0 " \
+    assert "scanned 2 files (0 failed): 0 new, 0 changed, 2 unchanged; 0 missing; vision encodes 0; scored 0 " \
            "(photo, profile) pairs in" in out
 
 
@@ -612,7 +612,7 @@ def test_counts_read_as_words(env: CLIEnv, fake_models: list[int], caplog: pytes
     photos(lib, 1)
     assert add_profile(env, "ana")[0] == 0
     code, out, _ = env.run_cli("rank", str(lib))
-    assert "scanned 1 file: 1 new, 0 changed, 0 unchanged, 0 missing, 0 failed; vision encodes 1; scored 1 " \
+    assert "scanned 1 file (0 failed): 1 new, 0 changed, 0 unchanged; 0 missing; vision encodes 1; scored 1 " \
            "(photo, profile) pair in " in out
     caplog.set_level(logging.INFO, logger="pmllm_batch")
     assert env.run_cli("watch", str(lib), "--once")[0] == 0
@@ -643,8 +643,8 @@ def test_ctrl_c_during_rank_says_what_was_saved(
     monkeypatch.delenv("PMLLM_SCORE__BATCH_SIZE")
     assert code == 130 and out == ""
     assert err.strip() == (
-        "pmllm-batch: interrupted; the work finished before it is saved (4 photos through vision, 2 (photo, profile) "
-        "pairs scored): run the same command again to do the rest"
+        "pmllm-batch: interrupted: 4 photos through vision and 2 scored (photo, profile) pairs were saved; "
+        "run the same command again to do the rest"
     )
     assert len(score_rows(env.db_path)) == 2
     assert rows(env.db_path, "SELECT status FROM runs")[-1] == ("interrupted",)

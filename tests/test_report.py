@@ -22,7 +22,9 @@ import pytest
 from PIL import Image
 
 from pmllm_batch.db import PhotoRecord, Store
+from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.report import MANIFEST, build_report, demo_disclaimer
+from pmllm_batch.outputs.stars import stars_by_hash
 from pmllm_batch.profiles import Profile
 from tests.helpers import PROFILES, Library, Scored, make_library, ranked_library, tree_digest
 from tests.imagegen import make_photo_folder, orient_for_exif, photo_array
@@ -243,6 +245,33 @@ def test_profiles_and_paths_scope_the_report(library: Library, tmp_path: Path) -
     page = parse((out / "index.html").read_text(encoding="utf-8"))
     assert page.order == ["coarse", "ana"] and page.columns == {"coarse": 2, "ana": 2}
     assert summary["failures"] == []  # the failed file lies outside the scope
+
+
+def test_item5_report_ranks_are_counted_within_what_is_shown(library: Library, tmp_path: Path) -> None:
+    with library.env.store() as store:
+        full = RankingView(store).full("ana")
+    stars = stars_by_hash(full)
+    assert len(full) >= 3
+    # Every photo but ana's #2: the report must number them 1..n, as `export --under` does, not 1, 3, 4, ...
+    shown = [r for r in full if r.rank != 2]
+    files = [r.path for r in shown]
+    out = tmp_path / "report"
+    summary = report(library, out, "--profile", "ana", "--top", str(len(full)), *files)
+    assert summary["people"]["ana"]["shown"] == summary["people"]["ana"]["ranked"] == len(shown)
+
+    html = (out / "person-ana.html").read_text(encoding="utf-8")
+    rows = re.findall(r'<tr id="rank-(\d+)">\s*<td class="num">(\d+)</td>.*?<strong>([^<]+)</strong>.*?'
+                      r'<span class="muted">([1-5])</span>', html, re.S)
+    expected = [(i, i, Path(r.path).name, stars[r.content_hash]) for i, r in enumerate(shown, start=1)]
+    assert [(int(a), int(b), name, int(s)) for a, b, name, s in rows] == expected  # stars: the whole ranking's
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'href="person-ana.html#rank-(\d+)"', index) == [str(i) for i in range(1, len(shown) + 1)]
+    assert re.findall(r"<figcaption>#(\d+) ", index) == [str(i) for i in range(1, len(shown) + 1)]
+
+    code, text, err = library.run("export", "--profile", "ana", "--format", "json",
+                                  *[arg for path in files for arg in ("--under", path)])
+    assert code == 0, err
+    assert [(row["rank"], row["path"]) for row in json.loads(text)] == list(enumerate(files, start=1))
 
 
 def _store_scored_by(tmp_path: Path, preset: str, facts: dict[str, bool]) -> Store:

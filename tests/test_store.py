@@ -245,11 +245,14 @@ def test_upsert_rejects_unknown_status(store: Store) -> None:
 def test_the_current_model_carries_its_stored_demo_flag(store: Store) -> None:
     assert store.current_model() is None
     seeded(store)  # registered as preset "demo" without a flag (as before the flag was stored): a demo
-    assert store.current_model() == {"id": 1, "fingerprint": "fp-1", "preset": "demo", "demo": True}
+    assert store.current_model() == {"id": 1, "fingerprint": "fp-1", "preset": "demo", "demo": True, "note": "test",
+                                     "settings": {}}
     store.ensure_model("fp-smol", "smol", {"demo": True})
-    assert store.current_model() == {"id": 2, "fingerprint": "fp-smol", "preset": "smol", "demo": True}
+    assert store.current_model() == {"id": 2, "fingerprint": "fp-smol", "preset": "smol", "demo": True, "note": "",
+                                     "settings": {}}
     store.ensure_model("fp-real", "paper", {"demo": False})
-    assert store.status()["current_model"] == {"id": 3, "fingerprint": "fp-real", "preset": "paper", "demo": False}
+    assert store.status()["current_model"] == {"id": 3, "fingerprint": "fp-real", "preset": "paper", "demo": False,
+                                               "note": "", "settings": {}}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

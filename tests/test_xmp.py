@@ -251,6 +251,21 @@ def test_plain_text_output_names_the_counts(library: Library) -> None:
     )
 
 
+def test_plain_text_output_counts_one_in_the_singular(library: Library) -> None:
+    top = library.ranking("ana")[0].path
+    code, out, err = library.run("xmp", "--profile", "ana", top)
+    assert (code, err) == (0, "")
+    assert out.endswith(": 1 photo; 1 sidecar created, 0 updated, 0 unchanged, 0 user ratings kept, 0 skipped\n")
+    edited = sidecar(top).read_text(encoding="utf-8").replace('xmp:Rating="5"', 'xmp:Rating="2"')
+    sidecar(top).write_text(edited, encoding="utf-8")  # the user demotes it in a photo app
+    code, out, err = library.run("xmp", "--profile", "ana", top, "--dry-run")
+    assert (code, err) == (0, "")
+    assert out.endswith(
+        ": 1 photo; 0 sidecars would be created, 0 would be updated, 1 unchanged, 1 user rating kept, 0 skipped "
+        "(dry run: nothing was written)\n"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------------------------

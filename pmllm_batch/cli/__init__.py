@@ -71,9 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        # A command that saved work says what (LibraryScorer: "the 40 pairs scored before it are saved ...").
+        # A command that saved work says what (LibraryScorer: "12 photos through vision and 40 scored (photo,
+        # profile) pairs were saved; run the same command again to do the rest").
         detail = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
-        print(f"{PROG}: interrupted" + (f"; {detail}" if detail else ""), file=sys.stderr)
+        print(f"{PROG}: interrupted" + (f": {detail}" if detail else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "xmp",
     "report",
     "status",
+    "forget",
     "train",
     "eval",
     "export_onnx",

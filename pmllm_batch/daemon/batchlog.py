@@ -1,9 +1,12 @@
-"""The service's one log line per batch, the run totals it adds up, and the line that ends a stopped run.
+r"""The service's one log line per batch, the run totals it adds up, and the line that ends a stopped run.
 
-Log readers parse the line (README, tests): "N files" and "N pairs" stay as they are whatever N.
+Log readers parse the line (README, tests): its parts keep their order and words, in the singular for 1
+("1 file", "1 pair"), so a reader matches ``(\d+) files?,`` and ``scored (\d+) pairs?``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pmllm_batch.log import get_logger
 from pmllm_batch.scorer import RunSummary
@@ -14,9 +17,9 @@ _COUNTERS = ("scanned", "new", "changed", "skipped", "failed", "missing", "encod
 MAX_NAMED_FAILURES = 20  # failed files named in the log per batch
 
 
-def plural(n: int, word: str) -> str:
-    """``1 file``, ``2 files``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 file``, ``2 files`` (``words`` for an irregular plural: ``1 batch``, ``2 batches``)."""
+    return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
 def add_summary(total: RunSummary, part: RunSummary) -> None:
@@ -39,9 +42,9 @@ def log_batch(head: str, summary: RunSummary, *, files: int | None, profiles: in
         elapsed: Its seconds.
         stopped: A stop request cut it short.
     """
-    counts = (f"{files} files, " if files is not None else "") + (
+    counts = (f"{plural(files, 'file')}, " if files is not None else "") + (
         f"{summary.new} new, {summary.changed} changed, {summary.missing} missing, {summary.failed} failed; "
-        f"vision {summary.encoded}; scored {summary.scored} pairs for {plural(profiles, 'profile')} "
+        f"vision {summary.encoded}; scored {plural(summary.scored, 'pair')} for {plural(profiles, 'profile')} "
         f"in {elapsed:.2f}s"
     )
     moved = f"; {summary.moved} moved or renamed (scores kept)" if summary.moved else ""
@@ -55,10 +58,45 @@ def log_batch(head: str, summary: RunSummary, *, files: int | None, profiles: in
                     len(fresh) - MAX_NAMED_FAILURES)
 
 
-def log_stopped(reason: str, batches: int, totals: RunSummary) -> None:
-    """The service's last line after a stop request: why, and what the whole run did."""
-    log.info("stopped (%s) after %d batches: %d new, %d missing, vision %d, scored %d pairs",
-             reason, batches, totals.new, totals.missing, totals.encoded, totals.scored)
+@dataclass
+class RunCounts:
+    """What a watch run did, by kind: event batches (numbered from 1 in the log), reconcile scans, profile updates."""
+
+    batches: int = 0
+    scans: int = 0
+    profile_updates: int = 0
+
+    def record(self, what: str) -> str:
+        """Count one piece of work; its log line's head ("batch 3:", "reconcile (initial scan):")."""
+        if what == "batch":  # only event batches are numbered: the first photo's batch is "batch 1"
+            self.batches += 1
+            return f"batch {self.batches}:"
+        if what.startswith("reconcile"):
+            self.scans += 1
+        else:
+            self.profile_updates += 1
+        return f"{what}:"
+
+    def as_dict(self) -> dict[str, int]:
+        return {"batches": self.batches, "scans": self.scans, "profile_updates": self.profile_updates}
+
+
+def log_stopped(reason: str, totals: RunSummary, *, scans: int, batches: int, profile_updates: int = 0) -> None:
+    """The service's last line after a stop request: why, and what the whole run did.
+
+    Args:
+        reason: Why it stopped ("SIGTERM received" ...).
+        totals: The run's counts.
+        scans: Reconcile scans run (the initial one included).
+        batches: Event batches run (the ones numbered "batch N").
+        profile_updates: Profile changes scored.
+    """
+    parts = [plural(scans, "scan"), plural(batches, "batch", "batches")]
+    if profile_updates:
+        parts.append(plural(profile_updates, "profile update"))
+    done = ", ".join(parts[:-1]) + " and " + parts[-1]
+    log.info("stopped (%s) after %s: %d new, %d missing, vision %d, scored %s",
+             reason, done, totals.new, totals.missing, totals.encoded, plural(totals.scored, "pair"))
 
 
 __all__ = ["MAX_NAMED_FAILURES", "add_summary", "log_batch", "log_stopped", "plural"]

@@ -11,6 +11,8 @@ Life of the service (everything here runs in the main thread; the observer threa
    reconcile every ``reconcile_interval`` seconds or after lost events (inotify overflow, a dead observer),
    re-reading profiles whenever :meth:`Store.profiles_version` changes (the library is scored for them from
    the visual-token cache, without vision), and unloading the models after ``idle_unload`` seconds idle;
+   the models load when a photo first needs them (or at start with ``[watch] preload``), and a line says so
+   before a load starts, since one takes seconds to a minute;
 4. on SIGTERM/SIGINT: the scorer stops after its in-flight chunk (each chunk is one committed transaction), the
    observer stops, the run is recorded, and the command exits 0. A chunk still running ``stop_grace_s`` seconds
    after the signal is abandoned (its uncommitted pairs are redone by the next start), so the daemon is gone within
@@ -22,7 +24,9 @@ most every :data:`ROOT_CHECK_MAX_S` seconds), and scanned once it appears; its r
 Only mistakes a restart cannot fix exit 2 (a root that is a file, an unknown ``--profile``). With ``--once`` a
 missing root is an error, and files still inside the settle window are waited for instead of skipped.
 
-One log line per batch says what happened. ``pmllm-batch status`` works from another shell at any time (WAL).
+One log line per batch says what happened: "reconcile (initial scan): ...", then "batch 1: ...", "batch 2: ..."
+for the event batches (reconcile scans and profile updates have their own names and are not numbered).
+``pmllm-batch status`` works from another shell at any time (WAL).
 
 The pieces, one concern each: :mod:`~pmllm_batch.daemon.signals` (stop requests, signals, the grace timer),
 :mod:`~pmllm_batch.daemon.observer` (inotify or polling, health checks, re-watching),
@@ -47,7 +51,8 @@ from pmllm_batch.daemon.batching import (
     expand_dir,
     wait_for_settling,
 )
-from pmllm_batch.daemon.batchlog import MAX_NAMED_FAILURES, add_summary, log_batch, log_stopped
+from pmllm_batch.daemon.batchlog import MAX_NAMED_FAILURES, RunCounts, add_summary, log_batch, log_stopped
+from pmllm_batch.daemon.loading import LoadAnnouncer
 from pmllm_batch.daemon.observer import ENV_FORCE_NO_INOTIFY, ObserverSupervisor
 from pmllm_batch.daemon.profiles import ProfileSet
 from pmllm_batch.daemon.roots import ROOT_CHECK_MAX_S, RootMonitor, abs_path
@@ -78,12 +83,14 @@ def refresh_xmp_sidecars(store: Store, settings: Settings) -> None:
         log.warning("xmp sidecars not refreshed: %s", exc)
         return
     problems = ", ".join(f"{n} {reason}" for reason, n in result.problem_counts().items())
+    cleaned = result.cleaned_text()  # stale marks taken out: "2 sidecars cleaned: 2 left the ranking"
     log.info(
-        "xmp sidecars for %s: %d created, %d updated, %d unchanged%s",
+        "xmp sidecars for %s: %d created, %d updated, %d unchanged%s%s",
         result.profile,
         result.created,
         result.updated,
         result.unchanged,
+        f"; {cleaned}" if cleaned else "",
         f"; problems: {problems}" if problems else "",
     )
 
@@ -131,14 +138,15 @@ class WatchService:
         self.root_monitor = RootMonitor(self.roots, store)
         self.profile_set = ProfileSet(store, self.profile_names)
         self.totals = RunSummary()
-        self.batches = 0
+        self.counts = RunCounts()  # event batches (numbered from 1 in the log), reconcile scans, profile updates
+        self.loading = LoadAnnouncer(self.models, str(settings.model.preset))
         self.health_every_s = _HEALTH_EVERY_S
         self._rescan_reason: str | None = None
         self._cut = False  # a chunk was abandoned after the grace period
         self._next_reconcile = float("inf")
         self._next_health = 0.0
 
-    # -- control (safe from signal handlers and other threads: they only set flags) ---------------------------------
+    # control: safe from signal handlers and other threads (they only set flags)
 
     def stop_requested(self) -> bool:
         """True once a stop was asked for; the scorer polls this between its chunks."""
@@ -170,8 +178,6 @@ class WatchService:
     def tick_s(self) -> float:
         """Seconds between loop turns: short enough to notice a settled file or a signal promptly."""
         return min(0.25, max(0.02, self.cfg.settle / 4))
-
-    # -- the run ----------------------------------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         """Run until stopped (or one reconcile with ``once``); returns the totals of everything done.
@@ -208,6 +214,8 @@ class WatchService:
         """Watch, scan, then loop until stopped; returns the run's status."""
         if not self.once:
             self.supervisor.start()
+            if self.cfg.preload:
+                self.loading.preload()
         self._reconcile("initial scan" if not self.once else "one-off scan")
         if self.once:
             wait_for_settling(self.tracker, self._process_batch, self.stop_requested, self.cfg.settle, self.tick_s)
@@ -228,12 +236,13 @@ class WatchService:
         self.totals.elapsed_s = round(elapsed, 3)
         self.totals.profiles = len(self.profile_set.rows)
         try:
-            self.store.finish_run(run_id, status, {**self.totals.to_dict(), "batches": self.batches,
+            self.store.finish_run(run_id, status, {**self.totals.to_dict(), **self.counts.as_dict(),
                                                    "mode": self.mode, "abandoned_chunk": self._cut})
         except DBAccessError as exc:  # keep the error that stopped us, if any, as the one reported
             log.warning("could not record the end of the watch run: %s", exc)
         if self.stopper.requested:
-            log_stopped(self.stopper.reason, self.batches, self.totals)
+            log_stopped(self.stopper.reason, self.totals, scans=self.scans, batches=self.batches,
+                        profile_updates=self.counts.profile_updates)
 
     def _schedule_reconcile(self) -> None:
         interval = self.cfg.reconcile_interval
@@ -267,17 +276,14 @@ class WatchService:
         elif not self.tracker.waiting:
             self.models.maybe_unload()  # idle counts from the end of the last batch (ModelCache.touch)
 
-    # -- profiles ---------------------------------------------------------------------------------------------------
-
     def _profiles_changed(self) -> None:
         change = self.profile_set.reload()
         summary = RunSummary(profiles=len(self.profile_set.rows))
         t0 = time.monotonic()
+        self.loading.doing(lambda: f"to score the library for the profile change ({change.what})")
         if change.rescore:
             self._score(summary)
         self._log_batch(f"profiles ({change.what})", summary, time.monotonic() - t0, files=None)
-
-    # -- work -------------------------------------------------------------------------------------------------------
 
     def _score(self, summary: RunSummary) -> None:
         # The scorer loads the models only when a pair is left to score (or these settings never loaded them).
@@ -296,6 +302,7 @@ class WatchService:
         t0 = time.monotonic()
         roots = self.root_monitor.available()
         summary = RunSummary(profiles=len(self.profile_set.rows))
+        self.loading.for_scan(reason, summary)
         self.root_monitor.rearm()
         if roots:
             settling = self.scorer.sync(roots, summary, settle_s=self.cfg.settle, profiles=self.profile_set.rows)
@@ -316,6 +323,7 @@ class WatchService:
         paths = [p for p in paths if self.filter.root_of(p) in roots]
         if any(not p.exists() for p in paths):
             paths += arrivals_for_vanished(paths, self.tracker, self.filter, self.cfg.settle)
+        self.loading.for_batch(self.batches + 1, len(paths))
         if paths:
             self.scorer.sync(roots, summary, paths=paths, profiles=self.profile_set.rows)
             self._score(summary)
@@ -323,12 +331,17 @@ class WatchService:
 
     def _log_batch(self, what: str, summary: RunSummary, elapsed: float, files: int | None) -> None:
         self.models.touch()  # the work ended: the models' idle time counts from now
-        self.batches += 1
         add_summary(self.totals, summary)
-        head = f"{what} {self.batches}:" if what == "batch" else f"{what}:"
-        log_batch(head, summary, files=files, profiles=len(self.profile_set.rows), elapsed=elapsed,
-                  stopped=self.stopper.requested)
+        log_batch(self.counts.record(what), summary, files=files, profiles=len(self.profile_set.rows),
+                  elapsed=elapsed, stopped=self.stopper.requested)
 
+    @property
+    def batches(self) -> int:
+        return self.counts.batches
+
+    @property
+    def scans(self) -> int:
+        return self.counts.scans
 
 __all__ = [
     "ENV_FORCE_NO_INOTIFY", "MAX_NAMED_FAILURES", "ONCE_SETTLE_LIMIT_S", "RECENT_DIR_WINDOW_S", "ROOT_CHECK_MAX_S",

@@ -161,7 +161,7 @@ class Database:
     """One engine for one URL, and the read and write transactions every table module runs in.
 
     Args:
-        url: Any SQLAlchemy URL. For a SQLite file its parent folder is created.
+        url: object SQLAlchemy URL. For a SQLite file its parent folder is created.
 
     Raises:
         DBAccessError: The URL is not valid, its driver is missing, or the SQLite folder cannot be created.

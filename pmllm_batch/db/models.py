@@ -1,7 +1,9 @@
 """The ``models`` table and the current model: scores of different model fingerprints never mix.
 
-The current model (a ``meta`` key) is the one rankings read; the caller passes the fingerprint in, since
-computing it belongs to the model layer above.
+The current model (a ``meta`` key) is the library's model: the one rankings read, and the one ``rank`` and ``watch``
+score with unless told to switch. The caller passes the fingerprint in, since computing it belongs to the model
+layer above; so are the settings that rebuild a model (``{"preset", "checkpoint", …}``, stored in its meta JSON
+under ``"settings"``), which are plain text to this layer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def _meta(row: ModelRow) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
+def _settings(meta_data: Mapping[str, object]) -> dict[str, str]:
+    stored = meta_data.get("settings")
+    if not isinstance(stored, dict):
+        return {}
+    return {str(k): str(v) for k, v in stored.items() if isinstance(v, (str, int, float, bool))}
+
+
 def _info(row: ModelRow, meta_data: Mapping[str, object]) -> ModelInfo:
     # The demo flag as the scorer recorded it ({"demo": …} in the model's facts); rows from before it was recorded
     # only had the preset to tell, and the one demo preset then was "demo".
@@ -52,7 +61,7 @@ def _info(row: ModelRow, meta_data: Mapping[str, object]) -> ModelInfo:
     demo = flag if isinstance(flag, bool) else row.preset == "demo"
     note = meta_data.get("note")
     return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset, "demo": demo,
-            "note": note if isinstance(note, str) else ""}
+            "note": note if isinstance(note, str) else "", "settings": _settings(meta_data)}
 
 
 def remember_recipe(s: Session, model_id: int, recipe: str, facts: Mapping[str, object]) -> None:
@@ -87,6 +96,51 @@ def by_recipe(s: Session, recipe: str) -> RecipeModel | None:
     return None
 
 
+def remember_settings(s: Session, model_id: int, settings: Mapping[str, str]) -> bool:
+    """Store the settings that rebuild model ``model_id`` (the latest that loaded it); True when they changed."""
+    row = s.get(ModelRow, model_id)
+    if row is None:
+        return False
+    meta_data = _meta(row)
+    wanted = dict(sorted(settings.items()))
+    if _settings(meta_data) == wanted:
+        return False
+    meta_data["settings"] = wanted
+    row.meta_json = json.dumps(meta_data, sort_keys=True, default=str)
+    return True
+
+
+def by_settings(s: Session, settings: Mapping[str, str]) -> ModelInfo | None:
+    """The model last rebuilt from exactly these settings (the newest when several were), or None."""
+    wanted = dict(settings)
+    for row in s.scalars(select(ModelRow).order_by(ModelRow.id.desc())):
+        meta_data = _meta(row)
+        if _settings(meta_data) == wanted:
+            return _info(row, meta_data)
+    return None
+
+
+def settings_label(stored: Mapping[str, str]) -> str:
+    """A model's name for sentences, from its settings: its preset (a preset file by its file name), with its adapter
+    and int8 LLM when set ("demo with the adapter /x/adapter")."""
+    preset = str(stored.get("preset") or "")
+    name = preset.rsplit("/", 1)[-1] if "/" in preset or preset.endswith(".json") else preset
+    checkpoint = str(stored.get("checkpoint") or "")
+    if checkpoint == "none":
+        name += " with an untrained adapter"
+    elif checkpoint:
+        name += f" with the adapter {checkpoint}"
+    if str(stored.get("quantize") or "none") != "none":
+        name += f" ({stored['quantize']} LLM)"
+    return name
+
+
+def model_label(model: ModelInfo) -> str:
+    """A registered model's name for sentences: ``smol (fingerprint 0123456789ab)``."""
+    name = settings_label(model["settings"]) if model.get("settings") else model["preset"]
+    return f"{name} (fingerprint {model['fingerprint'][:12]})"
+
+
 def make_current(s: Session, model_id: int) -> None:
     """Make ``model_id`` the model whose scores rankings read."""
     if current_id(s) != model_id:
@@ -100,7 +154,7 @@ def current_id(s: Session) -> int | None:
 
 
 def describe(s: Session, model_id: int | None) -> ModelInfo | None:
-    """{"id", "fingerprint", "preset", "demo"} of a model, or None when there is no such model."""
+    """{"id", "fingerprint", "preset", "demo", "note", "settings"} of a model, or None when there is no such model."""
     row = s.get(ModelRow, model_id) if model_id is not None else None
     if row is None:
         return None

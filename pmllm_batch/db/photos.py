@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from pmllm_batch.contracts import PhotoStatus
-from pmllm_batch.db.records import PHOTO_RECORD_FIELDS, FailedPhoto, PhotoRecord
+from pmllm_batch.db.records import PHOTO_RECORD_FIELDS, ExifWarning, FailedPhoto, PhotoRecord
 from pmllm_batch.db.schema import PHOTO_STATUSES, Photo, utcnow
 from pmllm_batch.db.sql import chunks
 
@@ -201,6 +201,15 @@ def count_by_status(s: Session) -> dict[PhotoStatus, int]:
     for status, n in s.execute(select(Photo.status, func.count()).group_by(Photo.status)):
         counts[status] = int(n)
     return counts
+
+
+def exif_warnings(s: Session) -> list[ExifWarning]:
+    """Every ok photo whose EXIF could not be read (its pixels could), by path: {"path", "warning"}."""
+    # Few rows carry a warning: one plain scan for them is cheaper than walking every ok row by the status index
+    # (status reads this on every start).
+    stmt = select(Photo.path, Photo.exif_warning, Photo.status).where(Photo.exif_warning.is_not(None))
+    found = sorted((p, w) for p, w, st in s.execute(stmt) if st == PhotoStatus.OK)
+    return [{"path": p, "warning": w or ""} for p, w in found]
 
 
 def failures(s: Session) -> list[FailedPhoto]:

@@ -16,7 +16,7 @@ from pmllm_batch.db import meta, scores
 from pmllm_batch.db.records import ProfileRow
 from pmllm_batch.db.schema import META_PROFILES_VERSION, ProfileModel, utcnow
 from pmllm_batch.errors import ProfileError
-from pmllm_batch.profiles import Profile
+from pmllm_batch.profiles import Profile, did_you_mean
 
 
 def persona_digest(persona: str) -> str:
@@ -68,7 +68,7 @@ def find(s: Session, name: str) -> ProfileModel:
         return row
     known = list(s.scalars(select(ProfileModel.name).order_by(ProfileModel.name)))
     if known:
-        raise ProfileError(f"unknown profile '{name}'; known profiles: {', '.join(known)}.")
+        raise ProfileError(f"unknown profile '{name}'{did_you_mean(name, known)}; known profiles: {', '.join(known)}.")
     raise ProfileError(
         f"unknown profile '{name}'; no profiles are stored yet (add one with `pmllm-batch profile add FILE.toml`)."
     )

@@ -50,6 +50,9 @@ class ModelInfo(TypedDict):
     preset: str  # the preset's name ("demo", "smol", …) or a preset file's
     demo: bool  # the model config's demo flag: its scores show the mechanism, not anyone's real taste
     note: str  # for a demo: the sentence that says so, naming the preset (model.presets.demo_note); else ""
+    # the settings that rebuild it ({"preset", "checkpoint", "lm_path", "vision_checkpoint", "quantize"}, local paths
+    # absolute; scorer.known.model_settings), as last loaded; {} for a model registered before they were stored
+    settings: dict[str, str]
 
 
 class RecipeModel(ModelInfo, total=False):
@@ -64,6 +67,13 @@ class FailedPhoto(TypedDict):
     path: str
     reason: str | None  # a FailReason value
     message: str | None  # one human sentence
+
+
+class ExifWarning(TypedDict):
+    """An ok photo whose EXIF was broken (its pixels decoded): ``photos.exif_warning``."""
+
+    path: str
+    warning: str  # one human sentence
 
 
 class RunningRun(TypedDict):

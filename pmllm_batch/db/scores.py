@@ -128,3 +128,12 @@ def count_for_model(s: Session, model_id: int | None) -> int:
     if model_id is None:
         return 0
     return s.scalar(select(func.count()).select_from(Score).where(Score.model_id == model_id)) or 0
+
+
+def per_profile(s: Session, model_id: int | None) -> dict[int, int]:
+    """Profile id -> score rows of ``model_id`` (photos it scored for that profile, missing ones included); {} for
+    None. One pass over the (profile, model) index: cheap enough for ``status`` on a 20,000-photo library."""
+    if model_id is None:
+        return {}
+    stmt = select(Score.profile_id, func.count()).where(Score.model_id == model_id).group_by(Score.profile_id)
+    return {int(pid): int(n) for pid, n in s.execute(stmt)}

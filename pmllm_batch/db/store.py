@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 
 from pmllm_batch.contracts import PhotoStatus
-from pmllm_batch.db import check, features, migrations, models, photos, profiles, runs, scores
+from pmllm_batch.db import check, features, forget, migrations, models, photos, profiles, runs, scores
 from pmllm_batch.db.engine import Database
+from pmllm_batch.db.forget import ForgetCounts
 from pmllm_batch.db.links import LinkStore
 from pmllm_batch.db.profiles import persona_digest
 from pmllm_batch.db.records import (
@@ -34,6 +35,7 @@ from pmllm_batch.db.records import (
     RecipeModel,
     RunningRun,
 )
+from pmllm_batch.errors import UserError
 from pmllm_batch.profiles import Profile
 
 if TYPE_CHECKING:
@@ -178,6 +180,34 @@ class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_
         with self._db.read() as s:
             return photos.roots(s)
 
+    def forget(self, paths: Sequence[str], *, dry_run: bool = False) -> ForgetCounts:
+        """Remove the photo rows at or under ``paths`` (absolute) from the library, in one transaction, with the
+        scores, cached features and burst embeddings and links of content no other photo row still has; never a file.
+
+        Args:
+            paths: Absolute folders (or files) as rank stored them.
+            dry_run: Count what would go and change nothing.
+
+        Returns:
+            What was (or would be) removed.
+
+        Raises:
+            UserError: A path has no photo row at or under it (nothing is removed then); exit 2.
+            DBAccessError: The database is read-only and this is not a dry run.
+        """
+        if not dry_run:
+            self._db.check_writable()
+        session = self._db.read if dry_run else self._db.write
+        with session() as s:
+            unknown = forget.unknown_paths(s, paths)
+            if unknown:
+                one = len(unknown) == 1
+                raise UserError(
+                    f"{', '.join(unknown)} {'is' if one else 'are'} not in the library at {self.label}: no photo is "
+                    f"stored at or under {'it' if one else 'them'}, so nothing was forgotten."
+                )
+            return forget.forget(s, paths, dry_run=dry_run)
+
     # -----------------------------------------------------------------------------------------------------------------
     # Profiles
     # -----------------------------------------------------------------------------------------------------------------
@@ -258,20 +288,47 @@ class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_
         with self._db.read() as s:
             return models.by_recipe(s, recipe)
 
+    def remember_model_settings(self, model_id: int, settings: Mapping[str, str]) -> bool:
+        """Store the settings that rebuild model ``model_id`` (``scorer.known.model_settings``: preset, checkpoint,
+        lm_path, vision_checkpoint, quantize), so a command given no model can score with the library's; True when
+        they changed (nothing is written otherwise)."""
+        with self._db.read() as s:  # a read first: the usual case (unchanged) takes no write lock
+            known = models.describe(s, model_id)
+        if known is None or known["settings"] == dict(settings):
+            return False
+        with self._db.write() as s:
+            return models.remember_settings(s, model_id, settings)
+
+    def model_for_settings(self, settings: Mapping[str, str]) -> ModelInfo | None:
+        """The model last rebuilt from exactly these stored settings, or None (see :meth:`remember_model_settings`)."""
+        with self._db.read() as s:
+            return models.by_settings(s, settings)
+
+    def model(self, model_id: int) -> ModelInfo | None:
+        """{"id", "fingerprint", "preset", "demo", "note", "settings"} of one model; None when there is none."""
+        with self._db.read() as s:
+            return models.describe(s, model_id)
+
     def make_current(self, model_id: int) -> None:
-        """Make ``model_id`` the model whose scores rankings read."""
+        """Make ``model_id`` the library's model: the one whose scores rankings read."""
         with self._db.write() as s:
             models.make_current(s, model_id)
 
     def current_model_id(self) -> int | None:
-        """The most recently ensured model (rankings read its scores only); None before any scoring."""
+        """The library's model (rankings read its scores only); None before any scoring."""
         with self._db.read() as s:
             return models.current_id(s)
 
     def current_model(self) -> ModelInfo | None:
-        """{"id", "fingerprint", "preset", "demo"} of the current model; None before any scoring."""
+        """{"id", "fingerprint", "preset", "demo", "note", "settings"} of the library's model; None before any
+        scoring."""
         with self._db.read() as s:
             return models.describe(s, models.current_id(s))
+
+    def photos_scored(self, model_id: int) -> int:
+        """Photos ``model_id`` scored: the most it scored for any one profile (0: it has no scores)."""
+        with self._db.read() as s:
+            return max(scores.per_profile(s, model_id).values(), default=0)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Feature cache: tower features (the vision tower's output, before the projector) per content hash and vision graph
@@ -406,21 +463,26 @@ class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_
         """Counts and health of the library, read in one snapshot (JSON-able; the CLI adds its own keys to it).
 
         Returns:
-            {"photos": {"ok", "failed", "missing"}, "profiles", "models", "current_model" (id, fingerprint,
-            preset, demo, or None), "scores_current_model", "visual_cache" (the feature cache): {"entries", "bytes",
-            "evicted"}, "failures": [{"path", "reason", "message"}] (every failed photo, by path), "last_run" (or
-            None), "db"}.
+            {"photos": {"ok", "failed", "missing"}, "profiles", "models", "current_model" (the library's model: id,
+            fingerprint, preset, demo, note, settings; or None), "scores_current_model" (score rows),
+            "photos_scored_current_model" (photos it scored: the most for one profile), "visual_cache" (the feature
+            cache): {"entries", "bytes", "evicted"}, "failures": [{"path", "reason", "message"}] (every failed photo, by
+            path), "exif_warnings": [{"path", "warning"}] (ok photos whose EXIF could not be read, by path),
+            "last_run" (or None), "db"}.
         """
         with self._db.read() as s:
             mid = models.current_id(s)
             entries, nbytes = features.totals(s)
             evicted = features.evicted_count(s)
+            scored = scores.per_profile(s, mid)  # one pass over the (profile, model) index for both counts
             return {
                 "photos": photos.count_by_status(s),
                 "profiles": profiles.count(s),
                 "models": models.count(s),
                 "current_model": models.describe(s, mid),
-                "scores_current_model": scores.count_for_model(s, mid),
+                "scores_current_model": sum(scored.values()),
+                "photos_scored_current_model": max(scored.values(), default=0),
+                "exif_warnings": photos.exif_warnings(s),
                 "visual_cache": {"entries": entries, "bytes": nbytes, "evicted": evicted},
                 "failures": photos.failures(s),
                 "last_run": runs.last(s),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 
@@ -20,11 +20,33 @@ from pmllm_batch.version import __version__
 
 if TYPE_CHECKING:
     from pmllm_batch.contracts import JSONDict
+    from pmllm_batch.model.config import ModelCfgDict
     from pmllm_batch.model.pmllm import PMLLM
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "pmllm_config.json"
 FORMAT_VERSION = 1
+
+BaseFacts = dict[str, "str | int | None"]  # one base model's identity and shapes, by name
+
+
+class BaseSignature(TypedDict):
+    """What an adapter was trained on: the LLM's and the tower's facts and the rating-level token ids."""
+
+    lm: BaseFacts
+    vision: BaseFacts
+    level_token_ids: list[int]
+
+
+class AdapterMeta(TypedDict, total=False):
+    """``pmllm_config.json`` (plus whatever ``extra`` its writer added, e.g. ``train_step``)."""
+
+    format_version: int
+    model: ModelCfgDict
+    preprocess: JSONDict
+    base: BaseSignature
+    versions: dict[str, str]
+    demo: bool
 
 
 def adapter_state_dict(model: PMLLM) -> dict[str, torch.Tensor]:
@@ -33,7 +55,7 @@ def adapter_state_dict(model: PMLLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
-def base_signature(model: PMLLM) -> dict[str, Any]:
+def base_signature(model: PMLLM) -> BaseSignature:
     """What an adapter must match: the LLM's and the tower's identity and shapes."""
     lm_cfg = model.fused.lm.config
     return {
@@ -81,7 +103,7 @@ def save_adapter(model: PMLLM, out_dir: str | Path, extra: JSONDict | None = Non
     return out
 
 
-def read_adapter_config(path: str | Path) -> dict[str, Any]:
+def read_adapter_config(path: str | Path) -> AdapterMeta:
     p = Path(path)
     cfg_file = p / CONFIG_FILE
     if not cfg_file.is_file() or not (p / ADAPTER_FILE).is_file():
@@ -95,19 +117,21 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_adapter(model: PMLLM, path: str | Path) -> dict[str, Any]:
+def load_adapter(model: PMLLM, path: str | Path) -> AdapterMeta:
     """Load adapter weights into ``model`` after checking that the base models match."""
     from safetensors.torch import load_file
 
     meta = read_adapter_config(path)
     want, have = meta["base"], base_signature(model)
-    for part in ("lm", "vision"):
+    parts: tuple[Literal["lm", "vision"], ...] = ("lm", "vision")
+    for part in parts:
+        wanted, had = want[part], have[part]
         for key in ("model_type", "hidden_size", "vocab_size", "width", "image_size"):
-            if key in want[part] and want[part][key] != have[part].get(key):
-                name = want[part].get("name_or_path") or want[part].get("model_name")
+            if key in wanted and wanted[key] != had.get(key):
+                name = wanted.get("name_or_path") or wanted.get("model_name")
                 raise ModelLoadError(
-                    f"adapter {path} was trained for {part} {name} ({key} {want[part][key]}) "
-                    f"but the loaded {part} has {key} {have[part].get(key)}."
+                    f"adapter {path} was trained for {part} {name} ({key} {wanted[key]}) "
+                    f"but the loaded {part} has {key} {had.get(key)}."
                 )
     if want["level_token_ids"] != have["level_token_ids"]:
         raise ModelLoadError(f"adapter {path} was trained with a different tokenizer (rating-level tokens differ).")

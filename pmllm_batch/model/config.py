@@ -7,13 +7,28 @@ Architecture (this file) is kept apart from runtime settings (``config.toml``) a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from pmllm_batch.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pmllm_batch.contracts import JSONDict
+    from pmllm_batch.contracts import JSON, JSONDict
+
+
+class ModelCfgDict(TypedDict, total=False):
+    """A model config as JSON (a preset's ``model``, ``pmllm_config.json``'s ``model``): :class:`ModelCfg`'s fields,
+    each section an object of its dataclass's fields."""
+
+    name: str
+    description: str
+    demo: bool
+    projector_type: str
+    vision: dict[str, JSON]
+    lm: dict[str, JSON]
+    fusion: dict[str, JSON]
+    readout: dict[str, JSON]
 
 
 @dataclass
@@ -74,28 +89,34 @@ class ModelCfg:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCfg:
+    def from_dict(cls, data: Mapping[str, object]) -> ModelCfg:
+        """Build from a :class:`ModelCfgDict` (or any mapping read from JSON): keys are checked, values are not."""
         data = copy.deepcopy(data)
-        sub = {"vision": VisionCfg, "lm": LMCfg, "fusion": FusionCfg, "readout": ReadoutCfg}
-        kwargs: dict[str, Any] = {}
+        sub: dict[str, type[VisionCfg | LMCfg | FusionCfg | ReadoutCfg]] = {
+            "vision": VisionCfg, "lm": LMCfg, "fusion": FusionCfg, "readout": ReadoutCfg
+        }
+        kwargs: dict[str, object] = {}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown model config key(s): {', '.join(sorted(unknown))}.")
         for key, value in data.items():
             if key in sub:
+                section = cast("dict[str, object]", value)  # a JSON object (a deep copy: ours to change)
                 sub_known = {f.name for f in fields(sub[key])}
-                bad = set(value) - sub_known
+                bad = set(section) - sub_known
                 if bad:
                     raise ConfigError(f"unknown key(s) in model config section '{key}': {', '.join(sorted(bad))}.")
                 if key == "vision":
                     for t in ("mean", "std"):
-                        if value.get(t) is not None:
-                            value[t] = tuple(value[t])
-                kwargs[key] = sub[key](**value)
+                        if section.get(t) is not None:
+                            section[t] = tuple(cast("Iterable[float]", section[t]))
+                build_section: Callable[..., object] = sub[key]  # the dataclasses take the values as JSON gives them
+                kwargs[key] = build_section(**section)
             else:
                 kwargs[key] = value
-        cfg = cls(**kwargs)
+        build: Callable[..., ModelCfg] = cls
+        cfg = build(**kwargs)
         if cfg.lm.quantize not in ("none", "int8"):
             raise ConfigError(f"lm.quantize must be none or int8, not '{cfg.lm.quantize}'.")
         if len(cfg.readout.levels) != len(cfg.readout.values) or len(cfg.readout.levels) < 2:

@@ -78,7 +78,8 @@ def create_model(
         device: torch device for the LLM (and the torch vision tower).
         with_vision: also build the torch vision tower (not needed when ONNX vision is used: then nothing of the
             tower is built, its width and preprocessing come from its config; see :func:`attach_vision_tower`).
-        lm_cache_dir: where a GGUF LLM's safetensors conversion is cached (default ~/.cache/pmllm-batch).
+        lm_cache_dir: where a GGUF LLM's safetensors conversion is cached (default: the settings' cache folder,
+            $XDG_CACHE_HOME/pmllm-batch or ~/.cache/pmllm-batch).
         overrides: nested dict merged into the architecture config before building (e.g. fusion gate).
     """
     from pmllm_batch.model.pmllm import PMLLM

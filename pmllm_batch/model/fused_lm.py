@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ DECODER_LAYERS_PATHS: dict[str, str] = {
 }
 
 
-def get_by_path(obj: Any, path: str) -> Any:
+def get_by_path(obj: object, path: str) -> object:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
@@ -78,6 +78,8 @@ class FusedDecoderLayer(nn.Module):
     depend on whether a transformers version returns a tensor or a tuple (open_flamingo ``FlamingoLayer``).
     """
 
+    fusion: SelectiveFusionBlock  # set in __init__ past nn.Module's registration
+
     def __init__(self, layer: nn.Module, fusion: SelectiveFusionBlock, state: _Conditioning) -> None:
         super().__init__()
         self.layer = layer
@@ -86,14 +88,15 @@ class FusedDecoderLayer(nn.Module):
         object.__setattr__(self, "fusion", fusion)
         self._state = state
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> torch.Tensor | nn.Module:  # nn.Module's type; plain attributes pass too
         # HF model loops read attributes such as ``attention_type`` off each decoder layer.
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["layer"], name)
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> object:
+        """The inner layer's output, whatever this transformers version makes it (a tensor or a tuple)."""
         st = self._state
         if st.visual is not None and st.mask is not None:
             if st.mask.shape[-1] != hidden_states.shape[1]:

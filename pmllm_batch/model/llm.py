@@ -89,6 +89,13 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
+def _default_cache_root() -> Path:
+    """The settings' cache folder ($XDG_CACHE_HOME/pmllm-batch, else ~/.cache/pmllm-batch), as every command uses."""
+    from pmllm_batch.config import Settings
+
+    return Settings().cache_dir()
+
+
 def converted_gguf_dir(gguf: Path, cache_root: Path) -> Path:
     """Where the safetensors conversion of ``gguf`` is cached."""
     return cache_root / "llm" / f"{gguf.stem}-{_file_digest(gguf)}"
@@ -175,7 +182,7 @@ def load_lm_and_tokenizer(
         pass
     gguf_file = resolve_gguf(gguf)
     if gguf_file is not None:  # 3. a GGUF file, converted once
-        root = Path(cache_root) if cache_root else Path.home() / ".cache" / "pmllm-batch"
+        root = Path(cache_root) if cache_root else _default_cache_root()
         folder = converted_gguf_dir(gguf_file, root)
         if not (folder / "model.safetensors").is_file():
             log.info("converting %s to safetensors once (into %s)", gguf_file, folder)

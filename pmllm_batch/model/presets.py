@@ -12,16 +12,26 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Required, TypedDict, TypeVar, cast
 
 from pmllm_batch.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pmllm_batch.model.config import ModelCfg
+    from pmllm_batch.contracts import JSON
+    from pmllm_batch.model.config import ModelCfg, ModelCfgDict
+
+
+class Preset(TypedDict, total=False):
+    """A preset file: an architecture and, optionally, the path of a default adapter."""
+
+    model: Required[ModelCfgDict]
+    adapter: str | None
+
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-_PRESETS: dict[str, dict[str, Any]] = {}
+_PRESETS: dict[str, Preset] = {}
+_V = TypeVar("_V", bound="JSON")  # a value of a preset's JSON
 
 
 def _rescan() -> None:
@@ -42,7 +52,7 @@ def is_preset_file(name: str) -> bool:
     return name.endswith(".json") or "/" in name or name.startswith("~")
 
 
-def _relative_to(value: Any, base: Path, *, always_local: bool = False) -> Any:
+def _relative_to(value: _V, base: Path, *, always_local: bool = False) -> _V | str:
     """A path in a preset file, made absolute against the file's folder (hub ids stay as they are)."""
     if not isinstance(value, str) or not value or value.startswith(("pkg:", "py:")) or "://" in value:
         return value
@@ -54,7 +64,7 @@ def _relative_to(value: Any, base: Path, *, always_local: bool = False) -> Any:
     return value  # an LLM hub id such as "Qwen/Qwen2.5-0.5B-Instruct"
 
 
-def load_preset_file(path: str | Path) -> dict[str, Any]:
+def load_preset_file(path: str | Path) -> Preset:
     """Read a user's preset file; relative weight paths are resolved against the file's folder.
 
     Raises:
@@ -72,8 +82,9 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"preset file {p} is not readable JSON: {exc}.") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ConfigError(f'preset file {p} needs a "model" object (see pmllm_batch/model/model_configs/).')
+    preset = cast("Preset", data)  # checked above: an object holding a "model" object
     base = p.resolve().parent
-    model = data["model"]
+    model = preset["model"]
     model.setdefault("name", p.stem)
     vision = model.get("vision") or {}
     if "checkpoint" in vision:
@@ -83,12 +94,13 @@ def load_preset_file(path: str | Path) -> dict[str, Any]:
         lm["name_or_path"] = _relative_to(lm["name_or_path"], base)
     if lm.get("gguf"):
         lm["gguf"] = _relative_to(lm["gguf"], base, always_local=True)
-    if data.get("adapter"):
-        data["adapter"] = _relative_to(data["adapter"], base, always_local=True)
-    return data
+    adapter = preset.get("adapter")
+    if adapter:
+        preset["adapter"] = _relative_to(adapter, base, always_local=True)
+    return preset
 
 
-def get_preset(name: str) -> dict[str, Any]:
+def get_preset(name: str) -> Preset:
     """A deep copy of a preset: ``{"model": {...}, "adapter": path | None}``; ``name`` may be a file path."""
     if is_preset_file(name):
         return load_preset_file(name)

@@ -83,6 +83,20 @@ def _interest_phrase(items: dict[str, float | str]) -> str:
     return "; ".join(parts)
 
 
+_SENTENCE_ENDS = (".", "!", "?", "…")
+_CLOSERS = ("\"", "'", ")", "]", "”", "’", "»")
+
+
+def _sentence(text: str) -> str:
+    """``text`` stripped and ending as a sentence: a period is added (in place of a trailing ``,``, ``;`` or ``:``)
+    unless it ends with ``.``, ``!``, ``?`` or ``…`` (possibly inside closing quotes or brackets), so the next
+    sentence of the persona does not run on."""
+    text = text.strip()
+    if text.rstrip("".join(_CLOSERS)).endswith(_SENTENCE_ENDS):
+        return text
+    return (text.rstrip(",;:").rstrip() or text) + "."
+
+
 def _only(profile: Profile, fields: Sequence[str] | None) -> Profile:
     if fields is None:
         return profile
@@ -132,7 +146,7 @@ def render_persona(profile: Profile, style: str = "standard", fields: Sequence[s
     if profile.art_interest:
         lines.append("Art: " + _interest_phrase(profile.art_interest) + ".")
     if profile.notes:
-        lines.append("Notes: " + profile.notes.strip())
+        lines.append("Notes: " + _sentence(profile.notes))
     lines.append("Judge every photo as this person would.")
     return " ".join(lines)
 

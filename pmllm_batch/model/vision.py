@@ -8,9 +8,10 @@ path does not need it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -26,6 +27,38 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class _OpenClipBlocks(Protocol):
+    resblocks: nn.ModuleList
+    width: int
+
+
+class OpenClipVisual(Protocol):
+    """What is used of an open_clip ``VisionTransformer`` (``model.visual``, an nn.Module; open_clip ships no types)."""
+
+    transformer: _OpenClipBlocks
+    patch_size: tuple[int, int]
+    image_size: tuple[int, int]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        stop_early: bool = False,
+        normalize_intermediates: bool = False,
+        intermediates_only: bool = False,
+        output_fmt: str = "NCHW",
+        output_extra_tokens: bool = False,
+    ) -> dict[str, list[torch.Tensor]]: ...  # intermediates_only: lists of tensors only
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def train(self, mode: bool = True) -> nn.Module: ...
+
+    def eval(self) -> nn.Module: ...
+
+    def requires_grad_(self, requires_grad: bool = True) -> nn.Module: ...
+
+
 class VisionTower(nn.Module):
     """Frozen open_clip ``VisionTransformer`` → tower features (one per patch, CLS first when kept).
 
@@ -36,9 +69,9 @@ class VisionTower(nn.Module):
         pool: average-pool the patch grid ``pool``×``pool`` (1 = no pooling); CLS, when kept, is not pooled.
     """
 
-    visual: Any  # open_clip VisionTransformer (attributes are dynamic for type checkers)
+    visual: OpenClipVisual
 
-    def __init__(self, visual: Any, select_layer: int = -2, select_feature: str = "patch", pool: int = 1) -> None:
+    def __init__(self, visual: OpenClipVisual, select_layer: int = -2, select_feature: str = "patch", pool: int = 1) -> None:
         super().__init__()
         if int(pool) < 1:
             raise ModelLoadError(f"vision.pool must be 1 or more, not {pool}.")

@@ -114,6 +114,7 @@ def build_albums(
     copy: bool = False,
     group: bool = True,
     scope: Scope | None = None,
+    model_id: int | None = None,
 ) -> list[AlbumResult]:
     """Create or refresh ``out/<profile>/`` for each profile with its ``top`` photos.
 
@@ -128,6 +129,7 @@ def build_albums(
         copy: Copy the files instead of symlinking them.
         group: Each burst / near-duplicate group once (this person's best of it); a RAW+JPEG pair is its JPEG.
         scope: Only photos in these folders and capture dates.
+        model_id: Whose scores (default: the library's model).
 
     Returns:
         One :class:`AlbumResult` per profile.
@@ -141,7 +143,8 @@ def build_albums(
     if not names:
         raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
     view = RankingView(store, group=group, scope=scope)
-    rankings = {name: view.ranking(name, top=top) for name in names}  # unknown names fail here, before any write
+    # unknown names fail here, before any write
+    rankings = {name: view.ranking(name, top=top, model_id=model_id) for name in names}
     folders = {name: out_dir / name for name in names}
     check_outside_roots([out_dir, *folders.values()], store.photo_roots())
     if out_dir.exists() and not out_dir.is_dir():

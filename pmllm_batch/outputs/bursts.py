@@ -84,8 +84,8 @@ class RankingView:
             profile: A stored profile.
             top: Keep the first ``top`` rows.
             model_id: Whose scores (default: the current model).
-            renumber: Ranks 1..n within the view; False keeps each photo's rank in :meth:`full` (the report shows
-                where a scoped photo stands in the whole ranking).
+            renumber: Ranks 1..n within the view (what every output shows); False keeps each photo's rank in
+                :meth:`full` (where a scoped photo stands in the whole ranking).
 
         Raises:
             ProfileError: Unknown profile.

@@ -68,7 +68,7 @@ def demo_disclaimer(preset: str) -> str:
 class ReportPhoto:
     """One photo as a person's page shows it."""
 
-    rank: int
+    rank: int  # 1-based, within what the report shows of this person's ranking (its scope)
     path: str
     name: str  # file name
     score: float
@@ -227,6 +227,7 @@ def build_report(
     max_pixels: int = 100_000_000,
     group: bool = True,
     scope: Scope | None = None,
+    model_id: int | None = None,
 ) -> ReportSummary:
     """Write the gallery into ``out``.
 
@@ -235,12 +236,14 @@ def build_report(
         out: Report folder (created; must lie outside the photo folders).
         profiles: Whose columns and pages, in this order; None for every stored profile.
         top: Photos per person.
-        paths: Only photos at or under these files/folders (stars still come from the whole ranking).
+        paths: Only photos at or under these files/folders; ranks are counted within what is shown (as ``export
+            --under`` counts them), stars still come from the whole ranking.
         thumb_size: Longest thumbnail side in pixels.
         shares: Percent of each ranking for 5, 4, 3, 2 and 1 stars.
         max_pixels: Decompression-bomb guard for thumbnail decoding (``[scan] max_pixels``).
         group: Each burst / near-duplicate group once per person (their best of it, with the group's size).
         scope: Only photos in these folders (added to ``paths``) and capture dates (stars still from everything).
+        model_id: Whose scores (default: the library's model); its demo flag and note head the gallery.
 
     Returns:
         What was written; photos whose thumbnail could not be made (deleted since ranking, corrupt) are listed with
@@ -256,7 +259,7 @@ def build_report(
         raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
     rows = {name: store.get_profile(name) for name in names}  # unknown names fail here, before any write
     owned = _check_out_dir(out_dir, store.photo_roots())
-    current = store.current_model()
+    current = store.model(model_id) if model_id is not None else store.current_model()
     view_scope = scope or Scope()
     if paths:
         under = [*(resolve_scopes(paths) or []), *(view_scope.under or ())]
@@ -268,8 +271,8 @@ def build_report(
     people: list[ReportPerson] = []
     wanted: dict[str, tuple[str, str]] = {}  # thumb relative path -> (content hash, a photo path)
     for name in names:
-        stars = stars_by_hash(view.full(name), shares)
-        shown = view.ranking(name, renumber=False)
+        stars = stars_by_hash(view.full(name, model_id=model_id), shares)
+        shown = view.ranking(name, model_id=model_id)  # ranks 1..n within what is shown, as export numbers them
         person = ReportPerson(name=name, page=pages[name], persona=rows[name].persona, ranked=len(shown))
         for item in shown[:top]:
             thumb = _thumb_name(item.content_hash, thumb_size)

@@ -66,8 +66,9 @@ def export_ranking(
     top: int | None = None,
     group: bool = True,
     scope: Scope | None = None,
+    model_id: int | None = None,
 ) -> TabularExport:
-    """One profile's ranking (current model) as CSV or JSON text.
+    """One profile's ranking (the library's model, or ``model_id``'s) as CSV or JSON text.
 
     Args:
         store: Library database.
@@ -76,9 +77,10 @@ def export_ranking(
         top: Only the ``top`` best photos; None for all.
         group: Each burst / near-duplicate group once (its best photo for this person, with its size).
         scope: Only photos in these folders and capture dates; ranks are 1..n inside it.
+        model_id: Whose scores (default: the library's model).
 
     Raises:
         ProfileError: Unknown profile.
     """
-    ranking = RankingView(store, group=group, scope=scope).ranking(profile, top=top)
+    ranking = RankingView(store, group=group, scope=scope).ranking(profile, top=top, model_id=model_id)
     return TabularExport(profile=profile, fmt=fmt, rows=len(ranking), text=render_ranking(ranking, fmt))

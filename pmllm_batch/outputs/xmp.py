@@ -18,6 +18,14 @@ XMP engine digiKam uses); a rating that differs from ``pmllm:writtenRating`` was
 ``overwrite_ratings``; nothing is written when nothing would change, so a second run changes no byte; a new sidecar
 is written to a temporary sibling and renamed over the old one; photo files are never opened at all. Per-file
 problems (photo gone, sidecar not XMP, read-only folder) are counted with a reason and the run goes on.
+
+Stale marks are cleaned (:data:`CLEAN_REASONS`): besides the sidecars of ranked photos, every sidecar next to a path the
+photos table knows (any status: skipped as too small or blank, failed, missing) in scope is read, and one that carries
+our marks while its photo is in no ranking of the model written loses them: our rating (only while it is still the one
+we wrote), our keywords and our namespace, fingerprint included. A ranked photo's sidecar loses the keywords of
+profiles that were removed or no longer rank it, and our rating when the rating profile no longer ranks it. The user's
+rating, title, labels and keywords are never touched; a sidecar left with nothing at all (it held only our marks) is
+deleted.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import dataclasses
 import errno
 import logging
 import os
+import re
 import stat
 import threading
 import xml.parsers.expat
@@ -77,6 +86,18 @@ REASONS = (
     "write_failed",  # any other file-system error while writing
 )
 
+# Why stale marks of ours were taken out of a sidecar, each counted in XmpSummary.cleaned (one reason per sidecar, the
+# first that applies), with the words the summary line uses.
+CLEAN_REASONS = {
+    "removed_profile": "lost a removed person's keywords",  # keywords/scores of a profile no longer stored
+    "left_ranking": "left the ranking",  # the photo is in no ranking any more, or left a person's ranking
+}
+
+
+def count_of(n: int, singular: str, plural: str | None = None) -> str:
+    """``"1 sidecar"``, ``"2 sidecars"``; ``plural`` for irregular words (``count_of(n, "person", "people")``)."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Results
@@ -94,20 +115,40 @@ class SidecarProblem:
 
 
 @dataclass
+class CleanedSidecar:
+    """One sidecar that lost stale marks of ours, and why."""
+
+    path: str  # the photo
+    sidecar: str
+    reason: str  # one of CLEAN_REASONS
+    deleted: bool = False  # it held nothing but our marks and was deleted
+
+
+@dataclass
 class XmpSummary:
-    """What one run did. ``created + updated + unchanged + len(problems) == photos``."""
+    """What one run did. ``created + updated + deleted + unchanged + len(problems) == photos``."""
 
     profile: str  # whose stars (xmp:Rating); "" when the daemon hook is switched off
     profiles: list[str] = field(default_factory=list)  # whose keywords and scores
     naming: str = "append"
     dry_run: bool = False
     model: str | None = None  # fingerprint of the scores written
-    photos: int = 0  # photo files in scope with at least one score
+    # Photo files in scope with at least one score, plus files that left every ranking whose sidecar carries marks
+    photos: int = 0
     created: int = 0  # new sidecars (with dry_run: would be created)
     updated: int = 0  # existing sidecars changed
+    deleted: int = 0  # sidecars that held only stale marks of ours, deleted
     unchanged: int = 0  # already up to date: not written, not a byte changed
     kept_ratings: int = 0  # of created/updated/unchanged: a user-set rating kept instead of ours
     problems: list[SidecarProblem] = field(default_factory=list)
+    cleaned: list[CleanedSidecar] = field(default_factory=list)  # of updated/deleted: stale marks taken out
+
+    def cleaned_counts(self) -> dict[str, int]:
+        """Reason -> number of sidecars cleaned, in :data:`CLEAN_REASONS` order, non-zero only."""
+        counts = {reason: 0 for reason in CLEAN_REASONS}
+        for c in self.cleaned:
+            counts[c.reason] = counts.get(c.reason, 0) + 1
+        return {k: v for k, v in counts.items() if v}
 
     def problem_counts(self) -> dict[str, int]:
         """Reason -> number of photos, in :data:`REASONS` order, non-zero only."""
@@ -127,11 +168,49 @@ class XmpSummary:
             "photos": self.photos,
             "created": self.created,
             "updated": self.updated,
+            "deleted": self.deleted,
             "unchanged": self.unchanged,
             "kept_ratings": self.kept_ratings,
+            "cleaned": len(self.cleaned),
+            "cleaned_counts": self.cleaned_counts(),
+            "cleaned_sidecars": [vars(c) for c in self.cleaned],
             "problem_counts": self.problem_counts(),
             "problems": [vars(p) for p in self.problems],
         }
+
+    def cleaned_text(self) -> str:
+        """``"3 sidecars cleaned: 2 lost a removed person's keywords, 1 left the ranking"`` ("" when none was)."""
+        if not self.cleaned:
+            return ""
+        verb = "would be " if self.dry_run else ""
+        reasons = ", ".join(f"{n} {CLEAN_REASONS.get(reason, reason)}" for reason, n in self.cleaned_counts().items())
+        text = f"{count_of(len(self.cleaned), 'sidecar')} {verb}cleaned: {reasons}"
+        if self.deleted:
+            held = "it held" if self.deleted == 1 else "they held"
+            text += f" ({count_of(self.deleted, 'sidecar')} {verb}deleted: {held} only our marks)"
+        return text
+
+    def describe(self) -> str:
+        """The human summary: one counts line, the cleaned sidecars, then one line per problem grouped by reason."""
+        verb = "would be " if self.dry_run else ""
+        deleted = f"{self.deleted} {verb}deleted, " if self.deleted else ""
+        counts = (
+            f"{count_of(self.photos, 'photo')}; {count_of(self.created, 'sidecar')} {verb}created, "
+            f"{self.updated} {verb}updated, {deleted}{self.unchanged} unchanged, "
+            f"{count_of(self.kept_ratings, 'user rating')} kept, {len(self.problems)} skipped"
+        )
+        lines = [
+            f"stars for {self.profile}, keywords for {', '.join(self.profiles)} ({self.naming} naming): {counts}"
+            + (" (dry run: nothing was written)" if self.dry_run else "")
+        ]
+        if self.cleaned:
+            lines.append(self.cleaned_text())
+        problems = self.problem_counts()
+        if problems:
+            lines.append("skipped: " + ", ".join(f"{reason} {n}" for reason, n in problems.items()))
+            for p in self.problems:
+                lines.append(f"  {p.path}: {p.reason} — {p.message}")
+        return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -168,10 +247,21 @@ class SidecarContent:
 
 @dataclass
 class MergeResult:
-    """The new sidecar bytes (None: nothing to change) and whether a user rating was kept."""
+    """The new sidecar bytes (None: nothing to write) and what changed of ours."""
 
     data: bytes | None
     kept_rating: bool
+    dropped_profiles: frozenset[str] = frozenset()  # profiles whose keywords/scores were there and are gone now
+    dropped_rating: bool = False  # our rating was taken out (the rating profile does not rank the photo)
+    delete: bool = False  # nothing at all is left: the sidecar held only our marks and is to be deleted
+
+    def clean_reason(self, known_profiles: Iterable[str]) -> str | None:
+        """Why stale marks were taken out (a :data:`CLEAN_REASONS` key), or None when none was."""
+        if self.dropped_profiles - set(known_profiles):
+            return "removed_profile"
+        if self.dropped_rating or self.dropped_profiles:
+            return "left_ranking"
+        return None
 
 
 class SidecarFormatError(Exception):
@@ -348,6 +438,33 @@ def _array_items(xmp: _XmpData, key: str) -> tuple[list[str], str | None]:
     return list(_items(it)), it.typeName()
 
 
+def _marked_profiles(xmp: _XmpData) -> set[str]:
+    """Profile names our keywords and scores in ``xmp`` speak of."""
+    names: set[str] = set()
+    for key, sep in ((K_HIER, "|"), (K_TAGS, "/")):
+        for k in _array_items(xmp, key)[0]:
+            head = f"{KEYWORD_ROOT}{sep}"
+            if k.startswith(head) and sep in k[len(head):]:
+                names.add(k[len(head): k.rindex(sep)])
+    for k in _array_items(xmp, K_SUBJECT)[0]:
+        if k.startswith(FLAT_PREFIX) and k.count(" ") >= 3:  # "pmllm: <profile> <n> stars"
+            names.add(k[len(FLAT_PREFIX):].rsplit(" ", 2)[0])
+    score_name = re.compile(rf"^{re.escape(K_SCORES)}\[\d+\]/{NS_PREFIX}:profile$")
+    names.update(d.toString() for d in xmp if score_name.match(d.key()))
+    return names
+
+
+def carries_our_marks(xmp: _XmpData) -> bool:
+    """Does ``xmp`` hold anything we write: a property in our namespace or one of our keywords?"""
+    if any(d.key().startswith(K_OURS) for d in xmp):
+        return True
+    return any(
+        k == KEYWORD_ROOT or k.startswith(prefix)
+        for key, prefix in ((K_HIER, f"{KEYWORD_ROOT}|"), (K_TAGS, f"{KEYWORD_ROOT}/"), (K_SUBJECT, FLAT_PREFIX))
+        for k in _array_items(xmp, key)[0]
+    )
+
+
 def _int_or_none(text: str | None) -> int | None:
     if text is None:
         return None
@@ -366,15 +483,20 @@ def merge_sidecar(
 ) -> MergeResult:
     """Merge our properties into a sidecar, keeping everything else.
 
+    Our marks that ``content`` no longer carries are taken out: keywords and scores of profiles not in it, and our
+    rating when ``content.rating`` is None (a rating that differs from ``pmllm:writtenRating`` is the user's and
+    stays); with no marks at all (the photo is in no ranking) our whole namespace goes, fingerprint included.
+
     Args:
         existing: The sidecar's current bytes, or None when there is none.
         content: Stars, keywords and scores for this photo.
         known_profiles: Every stored profile name, so flat keywords of a profile are recognised as ours even when a
             run before wrote no ``pmllm:writtenKeywords`` list.
-        overwrite_ratings: Replace ``xmp:Rating`` even when the user changed it.
+        overwrite_ratings: Replace ``xmp:Rating`` even when the user changed it (never removes it).
 
     Returns:
-        New bytes, or ``data=None`` when the merged metadata equals the existing one (then nothing must be written).
+        New bytes, or ``data=None`` when the merged metadata equals the existing one (then nothing must be written)
+        or when nothing at all is left (``delete``: an existing sidecar that held only our marks; nothing to create).
 
     Raises:
         SidecarFormatError: ``existing`` is not XMP.
@@ -382,9 +504,11 @@ def merge_sidecar(
     exiv2 = _exiv2()
     xmp: _XmpData = parse_sidecar(existing) if existing is not None else exiv2.XmpData()
     before = _snapshot(xmp)
+    marked_before = _marked_profiles(xmp)
 
     # Rating: ours only while the sidecar still holds the rating we wrote last time.
     kept = False
+    dropped_rating = False
     current_it = _find(xmp, K_RATING)
     current = current_it.toString() if current_it is not None else None
     last_it = _find(xmp, K_LAST_RATING)
@@ -397,6 +521,9 @@ def merge_sidecar(
             xmp[K_RATING] = str(content.rating)
             xmp[K_LAST_RATING] = str(content.rating)
             xmp[K_RATING_PROFILE] = content.rating_profile
+    elif current is not None and not user_set:
+        _erase(xmp, [K_RATING])  # our stars for a photo the rating profile no longer ranks
+        dropped_rating = True
 
     # Keywords: drop every one of ours, keep the user's in their order, then add ours.
     flat_ours, _ = _array_items(xmp, K_KEYWORDS)
@@ -413,12 +540,12 @@ def merge_sidecar(
         kept_items = [k for k in items if not is_ours(k)]
         _set_array(xmp, key, kept_items + mine, type_name or default_type)
 
-    # Our namespace (rating fields above stay as they are).
-    keep = (K_LAST_RATING, K_RATING_PROFILE)
+    # Our namespace (rating fields above stay as they are while the rating profile ranks the photo).
+    keep = (K_LAST_RATING, K_RATING_PROFILE) if content.rating is not None else ()
     _erase(xmp, [d.key() for d in xmp if d.key().startswith(K_OURS) and d.key() not in keep])
-    xmp[K_MODEL] = content.model
-    _set_array(xmp, K_KEYWORDS, content.flat(), "XmpBag")
-    if content.marks:
+    if content.marks:  # none: the photo is in no ranking, and no fingerprint of ours stays either
+        xmp[K_MODEL] = content.model
+        _set_array(xmp, K_KEYWORDS, content.flat(), "XmpBag")
         seq = exiv2.XmpTextValue()
         seq.setXmpArrayType(exiv2.XmpValue.XmpArrayType.xaSeq)
         xmp.add(exiv2.XmpKey(K_SCORES), seq)
@@ -432,9 +559,15 @@ def merge_sidecar(
             xmp[f"{base}rank"] = str(mark.rank)
             xmp[f"{base}stars"] = str(mark.stars)
 
-    if existing is not None and _snapshot(xmp) == before:
+    dropped = frozenset(marked_before - {m.profile for m in content.marks})
+    after = _snapshot(xmp)
+    if existing is not None and after == before:
         return MergeResult(data=None, kept_rating=kept)
-    return MergeResult(data=serialize_sidecar(xmp), kept_rating=kept)
+    if not after:  # an empty packet is no sidecar: delete the one that held only our marks, create none
+        return MergeResult(data=None, kept_rating=kept, dropped_profiles=dropped, dropped_rating=dropped_rating,
+                           delete=existing is not None)
+    return MergeResult(data=serialize_sidecar(xmp), kept_rating=kept, dropped_profiles=dropped,
+                       dropped_rating=dropped_rating)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -452,6 +585,48 @@ def sidecar_path(photo: str | os.PathLike[str], naming: str = "append") -> Path:
     raise ValueError(f"unknown sidecar naming {naming!r}; use one of {', '.join(NAMINGS)}")
 
 
+def output_scope(scope: Scope | None, paths: Sequence[str | os.PathLike[str]] | None) -> Scope:
+    """``scope`` (everything when None) with the ``PATH`` arguments added to its folders."""
+    where = scope or Scope()
+    if paths:
+        where = dataclasses.replace(where, under=tuple([*(resolve_scopes(paths) or []), *(where.under or ())]))
+    return where
+
+
+def stale_sidecars(
+    store: Store, planned: Iterable[str], *, naming: str = "append", scope: Scope | None = None
+) -> dict[str, Path]:
+    """Photo path -> its existing sidecar, for every path the photos table knows (any status: skipped, failed,
+    missing, or ok but unranked) in ``scope`` whose sidecar no planned photo of ``planned`` has. Whether one carries
+    our marks is for the caller to read; sidecars that are links or folders are left out."""
+    where = scope or Scope()
+    taken = {sidecar_path(p, naming) for p in planned}
+    out: dict[str, Path] = {}
+    for path, rec in sorted(store.photo_index().items()):
+        if not where.paths_in([path]) or not where.when_in(rec.taken_at, rec.mtime_ns):
+            continue
+        sidecar = sidecar_path(path, naming)
+        if sidecar in taken or sidecar.is_symlink() or not sidecar.is_file():
+            continue
+        taken.add(sidecar)  # replace naming: two unranked files of one stem share it
+        out[path] = sidecar
+    return out
+
+
+def _read_marked(sidecar: Path) -> bool:
+    """Does this sidecar (of a photo in no ranking) carry marks of ours? Unreadable or not XMP: not known to."""
+    try:
+        data = sidecar.read_bytes()
+    except OSError:
+        return False
+    if KEYWORD_ROOT.encode() not in data:  # our namespace URI and every keyword of ours name it
+        return False
+    try:
+        return carries_our_marks(parse_sidecar(data))
+    except SidecarFormatError:
+        return False
+
+
 def plan_sidecars(
     store: Store,
     profile: str,
@@ -460,6 +635,7 @@ def plan_sidecars(
     paths: Sequence[str | os.PathLike[str]] | None = None,
     group: bool = True,
     scope: Scope | None = None,
+    model_id: int | None = None,
 ) -> tuple[dict[str, SidecarContent], list[str], str | None]:
     """What every photo file in scope should carry.
 
@@ -467,6 +643,8 @@ def plan_sidecars(
     library's; ``paths`` and ``scope`` only limit which files get a sidecar. Every file of a ranked photo gets one
     (exact copies and the RAW twin of a RAW+JPEG pair carry the same verdicts). With ``group`` a person's verdict
     goes to their best photo of each burst / near-duplicate group only (stars over the grouped ranking).
+
+    ``model_id`` names whose scores (default: the library's model); the sidecars name its fingerprint.
 
     Returns:
         (photo path -> content, sorted; profile names; model fingerprint or None before any scoring).
@@ -476,27 +654,26 @@ def plan_sidecars(
     """
     store.get_profile(profile)  # an unknown name fails here, with the known ones listed
     names = sorted(p.name for p in store.list_profiles())
-    current = store.current_model()
+    current = store.model(model_id) if model_id is not None else store.current_model()
     if current is None:
         return {}, names, None
     model = current["fingerprint"]
+    mid = current["id"]
     view = RankingView(store, group=group)
     marks: dict[str, list[ProfileMark]] = {}
     files: dict[str, tuple[str, ...]] = {}  # content hash -> every file of it
     dates: dict[str, tuple[str | None, int | None]] = {}
     for name in names:
-        ranking = view.full(name)
+        ranking = view.full(name, model_id=mid)
         stars = stars_by_hash(ranking, shares)
         for item in ranking:
             marks.setdefault(item.content_hash, []).append(
                 ProfileMark(profile=name, score=item.score, rank=item.rank, stars=stars[item.content_hash])
             )
-        for item in store.ranking(name) if group else ranking:
+        for item in store.ranking(name, model_id=mid) if group else ranking:
             files.setdefault(item.content_hash, view.files(item))
             dates.setdefault(item.content_hash, (item.taken_at, item.mtime_ns))
-    where = scope or Scope()
-    if paths:
-        where = dataclasses.replace(where, under=tuple([*(resolve_scopes(paths) or []), *(where.under or ())]))
+    where = output_scope(scope, paths)
     plan: dict[str, SidecarContent] = {}
     for content_hash, paths_of in files.items():
         if not where.when_in(*dates[content_hash]):
@@ -532,6 +709,77 @@ def _write_problem(folder: Path, sidecar: Path, existing_st: os.stat_result | No
     return None
 
 
+def _update_sidecar(
+    summary: XmpSummary,
+    photo: str,
+    sidecar: Path,
+    content: SidecarContent,
+    *,
+    names: Sequence[str],
+    overwrite_ratings: bool,
+    ranked: bool = True,
+) -> None:
+    """Merge ``content`` into ``photo``'s sidecar and count the outcome in ``summary`` (``ranked=False``: the photo is
+    in no ranking any more; its sidecar is only cleaned, even when the photo itself is gone)."""
+    summary.photos += 1
+
+    def problem(reason: str, message: str) -> None:
+        summary.problems.append(SidecarProblem(path=photo, sidecar=str(sidecar), reason=reason, message=message))
+
+    if ranked and not os.path.isfile(photo):
+        problem("photo_missing", "the photo is no longer on disk (deleted or moved since it was ranked)")
+        return
+    existing: bytes | None = None
+    existing_st: os.stat_result | None = None
+    if os.path.lexists(sidecar):
+        if sidecar.is_symlink() or not sidecar.is_file():
+            problem("sidecar_not_a_file", f"{sidecar.name} is a folder or a link, not a sidecar file")
+            return
+        try:
+            existing_st = sidecar.stat()
+            existing = sidecar.read_bytes()
+        except OSError as exc:
+            problem("unreadable_sidecar", f"the sidecar cannot be read ({exc.strerror or exc})")
+            return
+    try:
+        result = merge_sidecar(existing, content, known_profiles=names, overwrite_ratings=overwrite_ratings)
+    except SidecarFormatError as exc:
+        problem("corrupt_sidecar", f"the existing sidecar is {exc}; it was left as it is")
+        return
+    if result.data is None and not result.delete:
+        summary.unchanged += 1
+        summary.kept_ratings += result.kept_rating
+        return
+    blocked = _write_problem(sidecar.parent, sidecar, existing_st)
+    if blocked is not None:
+        problem(*blocked)
+        return
+    if not summary.dry_run:
+        try:
+            if result.delete:
+                sidecar.unlink()
+            else:
+                assert result.data is not None
+                mode = stat.S_IMODE(existing_st.st_mode) if existing_st is not None else None
+                replace_file_bytes(sidecar, result.data, mode=mode)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                problem("read_only_folder", f"the folder {sidecar.parent} cannot be written ({exc.strerror})")
+            else:
+                problem("write_failed", f"the sidecar cannot be written ({exc.strerror or exc})")
+            return
+    if existing is None:
+        summary.created += 1
+    elif result.delete:
+        summary.deleted += 1
+    else:
+        summary.updated += 1
+    summary.kept_ratings += result.kept_rating
+    reason = result.clean_reason(names) if ranked else "left_ranking"
+    if existing is not None and reason is not None:
+        summary.cleaned.append(CleanedSidecar(path=photo, sidecar=str(sidecar), reason=reason, deleted=result.delete))
+
+
 def write_sidecars(
     store: Store,
     profile: str,
@@ -543,8 +791,10 @@ def write_sidecars(
     overwrite_ratings: bool = False,
     group: bool = True,
     scope: Scope | None = None,
+    model_id: int | None = None,
 ) -> XmpSummary:
-    """Create or update the XMP sidecar of every scored photo file (in ``paths``, when given).
+    """Create or update the XMP sidecar of every scored photo file (in ``paths``, when given), and clean stale marks
+    of ours out of the sidecars of photos that left the rankings (see the module's docstring).
 
     Args:
         store: Library database.
@@ -556,16 +806,18 @@ def write_sidecars(
         overwrite_ratings: Replace ratings the user changed in their app.
         group: A person's verdict on their best photo of each burst / near-duplicate group only.
         scope: Only photos in these folders and capture dates (stars still from the whole ranking).
+        model_id: Whose scores (default: the library's model: ``Store.current_model``).
 
     Returns:
-        The counts and every per-file problem with its reason.
+        The counts, every sidecar cleaned with its reason and every per-file problem with its reason.
 
     Raises:
         ProfileError: Unknown profile.
     """
     if naming not in NAMINGS:
         raise ValueError(f"unknown sidecar naming {naming!r}; use one of {', '.join(NAMINGS)}")
-    plan, names, model = plan_sidecars(store, profile, shares=shares, paths=paths, group=group, scope=scope)
+    plan, names, model = plan_sidecars(store, profile, shares=shares, paths=paths, group=group, scope=scope,
+                                       model_id=model_id)
     summary = XmpSummary(profile=profile, profiles=names, naming=naming, dry_run=dry_run, model=model)
     claimed: dict[Path, str] = {}
     for photo, content in plan.items():
@@ -574,58 +826,20 @@ def write_sidecars(
             continue  # a burst member nobody is shown, never written before: nothing to clean up
         if sidecar in claimed and plan[claimed[sidecar]] is content:
             continue  # replace naming: a RAW+JPEG pair (or two copies) shares one sidecar, with one verdict
-        summary.photos += 1
-
-        def problem(reason: str, message: str, photo: str = photo, sidecar: Path = sidecar) -> None:
-            summary.problems.append(SidecarProblem(path=photo, sidecar=str(sidecar), reason=reason, message=message))
-
         if sidecar in claimed:
-            problem("sidecar_shared", f"{sidecar.name} already belongs to {claimed[sidecar]} (use --naming append)")
+            summary.photos += 1
+            summary.problems.append(SidecarProblem(
+                path=photo, sidecar=str(sidecar), reason="sidecar_shared",
+                message=f"{sidecar.name} already belongs to {claimed[sidecar]} (use --naming append)",
+            ))
             continue
         claimed[sidecar] = photo
-        if not os.path.isfile(photo):
-            problem("photo_missing", "the photo is no longer on disk (deleted or moved since it was ranked)")
-            continue
-        existing: bytes | None = None
-        existing_st: os.stat_result | None = None
-        if os.path.lexists(sidecar):
-            if sidecar.is_symlink() or not sidecar.is_file():
-                problem("sidecar_not_a_file", f"{sidecar.name} is a folder or a link, not a sidecar file")
-                continue
-            try:
-                existing_st = sidecar.stat()
-                existing = sidecar.read_bytes()
-            except OSError as exc:
-                problem("unreadable_sidecar", f"the sidecar cannot be read ({exc.strerror or exc})")
-                continue
-        try:
-            result = merge_sidecar(existing, content, known_profiles=names, overwrite_ratings=overwrite_ratings)
-        except SidecarFormatError as exc:
-            problem("corrupt_sidecar", f"the existing sidecar is {exc}; it was left as it is")
-            continue
-        if result.data is None:
-            summary.unchanged += 1
-            summary.kept_ratings += result.kept_rating
-            continue
-        blocked = _write_problem(sidecar.parent, sidecar, existing_st)
-        if blocked is not None:
-            problem(*blocked)
-            continue
-        if not dry_run:
-            try:
-                mode = stat.S_IMODE(existing_st.st_mode) if existing_st is not None else None
-                replace_file_bytes(sidecar, result.data, mode=mode)
-            except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    problem("read_only_folder", f"the folder {sidecar.parent} cannot be written ({exc.strerror})")
-                else:
-                    problem("write_failed", f"the sidecar cannot be written ({exc.strerror or exc})")
-                continue
-        if existing is None:
-            summary.created += 1
-        else:
-            summary.updated += 1
-        summary.kept_ratings += result.kept_rating
+        _update_sidecar(summary, photo, sidecar, content, names=names, overwrite_ratings=overwrite_ratings)
+    if model is not None:  # sidecars of photos that left every ranking, still carrying our marks
+        gone = SidecarContent(rating=None, rating_profile=profile, model=model, marks=(), cleanup_only=True)
+        for photo, sidecar in stale_sidecars(store, plan, naming=naming, scope=output_scope(scope, paths)).items():
+            if _read_marked(sidecar):
+                _update_sidecar(summary, photo, sidecar, gone, names=names, overwrite_ratings=False, ranked=False)
     for p in summary.problems:
         log.debug("xmp: %s: %s (%s)", p.path, p.reason, p.message)
     return summary
@@ -638,7 +852,8 @@ def refresh_sidecars(
 
     Uses ``[xmp] naming``, ``overwrite_ratings`` and the star shares. Call it after each scored batch; only sidecars
     whose content changes are written (stars of older photos move when new photos arrive, so pass ``paths=None``
-    unless the caller knows better). Paths that no longer exist are skipped as ``photo_missing``.
+    unless the caller knows better). Paths that no longer exist are skipped as ``photo_missing``. Sidecars of photos
+    that left the rankings (skipped, failed, missing, unscored by the current model) lose our marks, as with ``xmp``.
     """
     cfg = settings.xmp
     if not cfg.profile:

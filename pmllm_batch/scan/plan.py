@@ -227,7 +227,7 @@ def plan_scan(
             plan.new += 1
         else:
             plan.changed += 1
-    # RAW twins and too_small: unchanged files whose skip state is stale
-    replan(plan, index, roots, min_side=scan.min_side, explicit=paths is not None,
+    # RAW twins, too_small and blank: unchanged files whose skip state is stale
+    replan(plan, index, roots, min_side=scan.min_side, blank_std=scan.blank_std, explicit=paths is not None,
            present={str(e.path) for e in found} if paths is None else None)
     return plan

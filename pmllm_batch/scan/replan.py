@@ -5,7 +5,10 @@
 * it is a RAW stored as ``raw_pair`` whose JPEG twin is gone, changed or not "ok" (the RAW is the photo again);
 * it is a RAW stored "ok" whose JPEG twin arrived or is "ok" now (the pair becomes one photo, ranked as the JPEG);
 * it is stored ``too_small`` but ``[scan] min_side`` now lets it through, or it is stored "ok" with dimensions that
-  ``min_side`` now refuses.
+  ``min_side`` now refuses;
+* it is stored ``blank`` but ``[scan] blank_std`` is now 0 or at most the luminance spread its message recorded (or
+  ``min_side`` now refuses it: it is too small first). An ok row stores no spread, so a raised ``blank_std`` applies
+  to files read from then on.
 
 With explicit ``paths`` (the daemon's event batches) a JPEG that arrived, changed or left brings its RAW twin's row
 along (looked up by name in the index), since no event names the RAW itself.
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 from pmllm_batch.contracts import PhotoRecord, PhotoStatus, SkipReason
 from pmllm_batch.scan.discover import FileEntry
 from pmllm_batch.scan.raw import is_raw, jpeg_twin, raw_twins
-from pmllm_batch.scan.skip import too_small
+from pmllm_batch.scan.skip import blank_spread, too_small
 
 if TYPE_CHECKING:
     from pmllm_batch.scan.plan import ScanPlan
@@ -29,10 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["replan"]
 
 
-def _stale(rec: PhotoRecord, entry: FileEntry, twin_ok: bool | None, min_side: int) -> bool:
+def _stale(rec: PhotoRecord, entry: FileEntry, twin_ok: bool | None, min_side: int, blank_std: float) -> bool:
     status, reason = rec.status, rec.error_reason
     if status == PhotoStatus.SKIPPED and reason == SkipReason.TOO_SMALL:
         return too_small(rec.width, rec.height, min_side) is None
+    if status == PhotoStatus.SKIPPED and reason == SkipReason.BLANK:
+        if too_small(rec.width, rec.height, min_side) is not None:
+            return True
+        spread = blank_spread(rec.error_message)
+        return blank_std <= 0 or spread is None or spread >= blank_std
     if status == PhotoStatus.OK and too_small(rec.width, rec.height, min_side) is not None:
         return True
     if twin_ok is not None and is_raw(entry.path):
@@ -47,6 +55,7 @@ def replan(
     roots: Sequence[Path],
     *,
     min_side: int,
+    blank_std: float,
     explicit: bool,
     present: set[str] | None = None,
 ) -> None:
@@ -57,6 +66,7 @@ def replan(
         index: Stored rows by path (``status``, ``error_reason``, ``width``, ``height``).
         roots: The scan roots.
         min_side: ``[scan] min_side``.
+        blank_std: ``[scan] blank_std``.
         explicit: The plan looked at explicit paths only (the daemon), not a full walk.
         present: Every path the full walk listed (settling ones too): twins are looked up there, not on disk.
     """
@@ -99,7 +109,7 @@ def replan(
                 continue
             twin_rec = index.get(str(twin)) if twin is not None else None
             twin_ok = str(twin) not in gone and twin_rec is not None and twin_rec.status == PhotoStatus.OK
-        if _stale(stored, entry, twin_ok, min_side):
+        if _stale(stored, entry, twin_ok, min_side, blank_std):
             moved.append(entry)
     for entry in moved:
         plan.todo.append(entry)

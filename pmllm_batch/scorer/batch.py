@@ -40,8 +40,8 @@ from pmllm_batch.scan.discover import FileEntry
 from pmllm_batch.scan.plan import PathFilter, plan_scan
 from pmllm_batch.scan.raw import is_raw
 from pmllm_batch.scorer import stages
-from pmllm_batch.scorer.linking import Grouper
 from pmllm_batch.scorer.known import KnownModel, ModelRegistry, model_recipe
+from pmllm_batch.scorer.linking import Grouper
 from pmllm_batch.scorer.models import LoadedModels, ModelCache
 from pmllm_batch.scorer.scoring import ProfileScoring
 from pmllm_batch.scorer.summary import RunSummary, saved_text
@@ -192,6 +192,7 @@ class LibraryScorer:
         skipped = [r.error_reason for p, r in index.items() if p in scanned and r.status == PhotoStatus.SKIPPED]
         summary.too_small += skipped.count(SkipReason.TOO_SMALL)
         summary.raw_pairs += skipped.count(SkipReason.RAW_PAIR)
+        summary.blank += skipped.count(SkipReason.BLANK)
 
     def _departed(self, roots: Sequence[Path], arrived: list[str], written: dict[str, str],
                   gone: set[str]) -> list[str]:

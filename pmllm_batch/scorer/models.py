@@ -35,21 +35,7 @@ class LoadedModels:
         return demo_note(self.model.cfg)
 
 
-def load_models(settings: Settings, *, build_tower: bool | None = None) -> LoadedModels:
-    """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use).
-
-    With the ONNX backend the torch vision tower is built only when the ONNX artefact for this model is missing
-    (or fails to load): a warm start reads neither open_clip's tower nor its weights. ``build_tower=True`` always
-    builds it (the old behaviour, for the bench's before/after figure); the torch backend always needs it.
-    """
-
-    from pmllm_batch.errors import ModelLoadError
-    from pmllm_batch.model.checkpoint import fingerprint, vision_fingerprint
-    from pmllm_batch.model.factory import attach_vision_tower
-    from pmllm_batch.model.presets import demo_note
-    from pmllm_batch.runtime.onnx_export import is_complete
-    from pmllm_batch.runtime.vision_runner import load_vision_runner
-
+def _quiet_transformers() -> None:
     try:
         from transformers.utils import logging as hf_logging
 
@@ -57,25 +43,25 @@ def load_models(settings: Settings, *, build_tower: bool | None = None) -> Loade
         hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - transformers is a hard dependency
         pass
-    t0 = time.perf_counter()
-    spec = ModelSpec.from_settings(settings)
-    device = spec.device
-    m = settings.model
+
+
+def _vision_runner(model: PMLLM, settings: Settings) -> FeatureEncoder:
+    """The vision runner for ``model``: the cached ONNX graph (exported from the torch tower on first use), or the
+    torch tower itself. With ONNX the tower is built only when the graph is missing or no longer loads."""
+    from pmllm_batch.errors import ModelLoadError
+    from pmllm_batch.model.checkpoint import vision_fingerprint
+    from pmllm_batch.model.factory import attach_vision_tower
+    from pmllm_batch.runtime.onnx_export import is_complete
+    from pmllm_batch.runtime.vision_runner import load_vision_runner
+
     onnx = settings.vision.backend == "onnx"
-    model = spec.create(with_vision=not onnx or bool(build_tower))
-    if model.fusion_untrained() and not m.allow_untrained:
-        raise UntrainedModelError(
-            f"the {model.cfg.name} model's fusion modules were never trained, so every photo would get the same "
-            "score; load a trained adapter (--checkpoint DIR or [model] checkpoint, e.g. from `pmllm-batch train`) "
-            "or pass --allow-untrained for benchmarks."
-        )
     # the ONNX export belongs to the vision side (the tower, not the adapter): an int8 LLM, a retrained adapter and
     # another preset with the same tower reuse the graph and the cached features
     vision_fp = vision_fingerprint(model)
     onnx_root = settings.cache_dir() / "onnx"
     if onnx and model.tower is None and not is_complete(onnx_root / vision_fp):
         log.info("no ONNX vision graph cached for %s yet: building the torch vision tower once to export it", vision_fp)
-        attach_vision_tower(model, offline=m.offline)
+        attach_vision_tower(model, offline=settings.model.offline)
 
     def runner() -> FeatureEncoder:
         return load_vision_runner(
@@ -94,16 +80,41 @@ def load_models(settings: Settings, *, build_tower: bool | None = None) -> Loade
         if not onnx or model.tower is not None:
             raise
         # a cached graph that no longer loads: with the tower, load_vision_runner exports it again
-        attach_vision_tower(model, offline=m.offline)
+        attach_vision_tower(model, offline=settings.model.offline)
         vision = runner()
     if onnx:
         model.tower = None  # the ONNX graph replaces it; free the memory
+    return vision
+
+
+def load_models(settings: Settings, *, build_tower: bool | None = None) -> LoadedModels:
+    """Build the PMLLM and its vision runner from settings (exports the ONNX graph on first use).
+
+    With the ONNX backend the torch vision tower is built only when the ONNX artefact for this model is missing
+    (or fails to load): a warm start reads neither open_clip's tower nor its weights. ``build_tower=True`` always
+    builds it (the old behaviour, for the bench's before/after figure); the torch backend always needs it.
+    """
+    from pmllm_batch.model.checkpoint import fingerprint
+    from pmllm_batch.model.presets import demo_note
+
+    _quiet_transformers()
+    t0 = time.perf_counter()
+    spec = ModelSpec.from_settings(settings)
+    onnx = settings.vision.backend == "onnx"
+    model = spec.create(with_vision=not onnx or bool(build_tower))
+    if model.fusion_untrained() and not settings.model.allow_untrained:
+        raise UntrainedModelError(
+            f"the {model.cfg.name} model's fusion modules were never trained, so every photo would get the same "
+            "score; load a trained adapter (--checkpoint DIR or [model] checkpoint, e.g. from `pmllm-batch train`) "
+            "or pass --allow-untrained for benchmarks."
+        )
+    vision = _vision_runner(model, settings)
     fp = fingerprint(model, vision_graph_id=vision.graph_id)
     note = demo_note(model.cfg)
     log.info(
         "loaded %s (fingerprint %s, vision %s%s) in %.1fs on %s%s",
         model.cfg.name, fp, vision.graph_id, ", int8 LLM" if model.cfg.lm.quantize == "int8" else "",
-        time.perf_counter() - t0, device, f" — {note}" if note else "",
+        time.perf_counter() - t0, spec.device, f" — {note}" if note else "",
     )
     return LoadedModels(model, vision, fp, model.cfg.name)
 
@@ -113,6 +124,9 @@ class ModelCache:
 
     The one idle clock: it starts at the last :meth:`get` or :meth:`touch`. A caller that uses the models for a long
     stretch (the daemon's batch) calls :meth:`touch` when the work ends, so idle means "since the last work ended".
+
+    ``on_load``, when set, is called right before a load starts (the daemon says what it waits for: a load takes
+    seconds to minutes, and the load's own line comes only once it is done).
     """
 
     def __init__(self, settings: Settings, idle_s: float | None = None,
@@ -123,10 +137,18 @@ class ModelCache:
         self._lock = threading.Lock()
         self._models: LoadedModels | None = None
         self._last_used = time.monotonic()
+        self.on_load: Callable[[], None] | None = None
+
+    @property
+    def idle_s(self) -> float | None:
+        """Seconds without use after which :meth:`maybe_unload` drops the models (None: never)."""
+        return self._idle_s
 
     def get(self) -> LoadedModels:
         with self._lock:
             if self._models is None:
+                if self.on_load is not None:
+                    self.on_load()
                 self._models = self._loader(self._settings)
             self._last_used = time.monotonic()
             return self._models
@@ -138,6 +160,11 @@ class ModelCache:
     @property
     def loaded(self) -> bool:
         return self._models is not None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings this cache loads from."""
+        return self._settings
 
     def idle_for(self) -> float:
         """Seconds since the models were last used."""

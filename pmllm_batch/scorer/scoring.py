@@ -13,8 +13,8 @@ from pmllm_batch.config import Settings
 from pmllm_batch.db.records import ProfileRow
 from pmllm_batch.db.store import Store
 from pmllm_batch.scorer import stages
-from pmllm_batch.scorer.linking import Grouper
 from pmllm_batch.scorer.known import KnownModel, ModelRegistry
+from pmllm_batch.scorer.linking import Grouper
 from pmllm_batch.scorer.models import LoadedModels, ModelCache
 from pmllm_batch.scorer.summary import RunSummary
 

@@ -29,7 +29,7 @@ from pmllm_batch.profiles import Profile
 from pmllm_batch.scan.decode import DecodeError, decode_photo
 from pmllm_batch.scan.discover import FileEntry, content_hash
 from pmllm_batch.scan.raw import is_raw, jpeg_twin
-from pmllm_batch.scan.skip import raw_pair_message, too_small
+from pmllm_batch.scan.skip import blank, raw_pair_message, too_small
 
 if TYPE_CHECKING:
     import torch
@@ -157,6 +157,9 @@ def prepare_photo(
     small = too_small(photo.width, photo.height, int(scan.min_side))
     if small is not None:
         return Prepared(entry, _fail(rec, PhotoStatus.SKIPPED, SkipReason.TOO_SMALL, small))
+    empty = blank(photo.image, float(scan.blank_std))  # on the decoded pixels, before any preprocessing
+    if empty is not None:
+        return Prepared(entry, _fail(rec, PhotoStatus.SKIPPED, SkipReason.BLANK, empty))
     pixels = preprocess_image(photo.image, preprocess) if preprocess is not None and want_pixels else None
     return Prepared(entry, rec, pixels)
 

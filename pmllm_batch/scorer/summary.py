@@ -33,6 +33,7 @@ class RunSummary:
     note: str = ""  # for a demo model: the sentence that says so, naming the preset
     too_small: int = 0  # files under the roots skipped as too small to judge ([scan] min_side)
     raw_pairs: int = 0  # RAW files under the roots shown as their JPEG twin (one photo)
+    blank: int = 0  # files under the roots skipped as blank frames ([scan] blank_std: lens cap, misfire)
     # Files read in this run that failed (``failures`` also lists earlier ones under the roots); not in to_dict.
     fresh_failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -43,6 +44,10 @@ class RunSummary:
 
 
 def saved_text(summary: RunSummary) -> str:
-    """What an interrupted run kept, for the "interrupted" line."""
-    return (f"the work finished before it is saved ({plural(summary.encoded, 'photo')} through vision, "
-            f"{plural(summary.scored, '(photo, profile) pair')} scored): run the same command again to do the rest")
+    """What an interrupted run kept, for the "interrupted" line ("pmllm-batch: interrupted: <this>").
+
+    Every committed chunk is saved; only the chunk in flight is lost, and the next run redoes just that.
+    """
+    pairs = plural(summary.scored, "scored (photo, profile) pair")
+    return (f"{plural(summary.encoded, 'photo')} through vision and {pairs} were saved; "
+            "run the same command again to do the rest")

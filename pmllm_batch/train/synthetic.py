@@ -73,6 +73,48 @@ So "uses the profile" means clearly beating ~0.54 pooled, and a model that reads
 profile drops to ~0.32. Shared quality term: 35% of the noiseless variance. Ratings spread over 1..5
 (std ≈ 0.97; 23% of ratings ≤ 2 and 21% ≥ 4).
 
+Idiosyncrasy (``make_synthetic_dataset(..., idiosyncrasy=SHARE)``)
+------------------------------------------------------------------
+Real people have tastes no profile field reveals. With ``SHARE`` > 0 every person also gets a hidden taste
+``u`` — a unit vector drawn uniformly on the sphere over the 7 image parameters (:func:`sample_tastes`, its own
+random stream ``SeedSequence([seed, 11])``), independent of the profile — and the person-specific term becomes::
+
+    √(1 − SHARE) · 0.95·(s_O·xS + s_E·xB + s_age·xT + s_P·defect)  +  √(SHARE · V) · Σ_j u_j · z_j
+
+with ``z_j = √3·(2·(param_j − lo_j)/(hi_j − lo_j) − 1)`` (every parameter centred to unit variance, so the taste
+term has variance exactly 1 for every person) and ``V = PROFILE_TERM_VARIANCE`` ≈ 0.710, the variance of the
+profile term over sampled people and images (computed exactly from the sampling distributions). The taste
+therefore carries ``SHARE`` of the person-specific variance and the total stays ``V``: the task is as personal
+as before, but only ``1 − SHARE`` of it is readable from the profile. ``SHARE = 0`` is the task above, bit for
+bit (the same files; ``tests/test_fewshot.py`` checks the digests written before the option existed). The
+tastes are written to ``annotation/synthetic-tastes.csv``; :func:`synthetic_oracle` gives any (user, image)
+pair's noiseless ``ideal`` and ``profile_only`` rating.
+
+Oracle numbers of the few-shot protocol (:func:`idiosyncrasy_oracle` with defaults: seed 0, 200 people × 150
+of 600 images, noise 0.15, 50 held-out photos per person, 3 draws; mean per-user SROCC; λ of both learners
+calibrated on 40 other people). ``ideal`` is the hidden function itself, ``profile_only`` the hidden function
+without the idiosyncratic term (the best any model that knows only the profile can do), ``stars_only`` the
+stars-only ridge (:mod:`pmllm_batch.learn`) on the *true* image parameters and their squares, ``learner`` the
+residual learner on the same parameters with ``profile_only`` as its prior — the ceilings of the two learners
+with perfect features:
+
+=======  ======  ============  ==============================  ==============================
+SHARE    k       ideal         profile_only                    stars_only / learner
+=======  ======  ============  ==============================  ==============================
+0.4      0       0.971         0.807                           0.000 / 0.807
+0.4      5       0.971         0.807                           0.460 / 0.851
+0.4      10      0.971         0.807                           0.704 / 0.886
+0.4      20      0.971         0.807                           0.907 / 0.933
+0.4      50      0.971         0.807                           0.959 / 0.961
+0.4      100     0.971         0.807                           0.966 / 0.966
+0.0      any     0.971         0.971                           (k=10: 0.708) / 0.971
+=======  ======  ============  ==============================  ==============================
+
+With ``SHARE`` 0.4 the profile alone leaves 0.16 of SROCC on the table; with ``SHARE`` 0 the calibrated prior
+is so strong (λ = 3000) that the learner stays at the profile-only ranking. A real model also misreads some of
+the profile and sees the parameters only through pixels: the demo adapter's figures are in
+:mod:`pmllm_batch.train.fewshot`.
+
 The dataset folder (:func:`make_synthetic_dataset`)
 ---------------------------------------------------
 Written in the PARA layout so that training and evaluation read it with
@@ -110,11 +152,15 @@ __all__ = [
     "PARA_AGE_BINS",
     "ImageParams",
     "hidden_rating",
+    "idiosyncrasy_oracle",
     "make_synthetic_dataset",
     "oracle_report",
     "profile_signs",
     "quality",
     "read_synthetic_params",
+    "read_synthetic_tastes",
+    "sample_tastes",
+    "synthetic_oracle",
     "render_image",
     "sample_image_params",
     "sample_profile",
@@ -144,6 +190,7 @@ _Q_W = (0.35, 0.25, 0.30, 0.30, 0.45)
 # (var of a centred uniform on [-1,1] is 1/3; var(x^2) for that uniform is 4/45).
 _Q_STD = math.sqrt((_Q_W[0] ** 2 + _Q_W[1] ** 2 + _Q_W[2] ** 2 + _Q_W[3] ** 2) / 3.0 + _Q_W[4] ** 2 * 4.0 / 45.0)
 _PARAM_DECIMALS = 6  # params are rounded so that synthetic-params.csv reproduces them exactly
+_TASTE_STREAM = 11  # SeedSequence([seed, _TASTE_STREAM]): the idiosyncratic tastes, apart from every other stream
 
 # --- rendering constants ----------------------------------------------------------------------------------------
 _TEMP_GAIN = (0.30, 0.05, -0.30)  # per-channel white-balance gain per unit temperature (R, G, B)
@@ -350,6 +397,23 @@ def profile_signs(profile: Profile) -> np.ndarray:
     )
 
 
+def _profile_term_variance() -> float:
+    """Variance of ``INTERACTION_WEIGHT * (signs · interactions)`` over sampled people and images.
+
+    Exact: the four interaction features are independent, centred, of variance 1/3 each, and independent of the
+    signs, whose mean squares follow from the uniform draws of :func:`sample_profile`.
+    """
+    trait = [float(np.clip((v - 5.5) / 3.0, -1.0, 1.0)) ** 2 for v in range(1, 11)]
+    age = [float(np.clip((_age_years(b) or 30.0) - 30.0, -8.0, 8.0) / 8.0) ** 2 for b in PARA_AGE_BINS]
+    exp = [_EXPERIENCE_SIGN[e] ** 2 for e in EXPERIENCE_LEVELS]
+    mean_sq = 2.0 * float(np.mean(trait)) + float(np.mean(age)) + float(np.mean(exp))
+    return INTERACTION_WEIGHT**2 * mean_sq / 3.0
+
+
+# The person-specific variance of the task without idiosyncrasy (≈ 0.710); an idiosyncratic share keeps it.
+PROFILE_TERM_VARIANCE = _profile_term_variance()
+
+
 def _as_matrix(params: ImageParams | Sequence[ImageParams] | np.ndarray) -> np.ndarray:
     if isinstance(params, ImageParams):
         return params.as_array()[None, :]
@@ -394,18 +458,54 @@ def quality(params: ImageParams | Sequence[ImageParams] | np.ndarray) -> float |
     return float(q[0]) if isinstance(params, ImageParams) else q
 
 
-def _noiseless_matrix(signs: np.ndarray, m: np.ndarray) -> np.ndarray:
+def _check_share(idiosyncrasy: float) -> float:
+    share = float(idiosyncrasy)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"idiosyncrasy must be in [0, 1] (got {idiosyncrasy!r}).")
+    return share
+
+
+def _taste_features(m: np.ndarray) -> np.ndarray:
+    """The image side of an idiosyncratic taste: all 7 parameters centred and scaled to unit variance, (n, 7)."""
+    lo = np.array([PARAM_RANGES[n][0] for n in PARAM_NAMES])
+    hi = np.array([PARAM_RANGES[n][1] for n in PARAM_NAMES])
+    return math.sqrt(3.0) * (2.0 * (m - lo) / (hi - lo) - 1.0)
+
+
+def sample_tastes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` idiosyncratic tastes: unit vectors uniform on the sphere over the 7 image parameters, (n, 7)."""
+    u = rng.standard_normal((n, len(PARAM_NAMES)))
+    return u / np.linalg.norm(u, axis=1, keepdims=True)
+
+
+def _personal(inter: np.ndarray, idio: np.ndarray | None, share: float) -> np.ndarray:
+    """The person-specific term: the profile interactions, plus the idiosyncratic taste when ``share`` > 0.
+
+    ``share`` 0 returns ``INTERACTION_WEIGHT * inter`` exactly (the task before idiosyncrasy, bit for bit).
+    """
+    if share == 0.0 or idio is None:
+        return INTERACTION_WEIGHT * inter
+    return math.sqrt(1.0 - share) * INTERACTION_WEIGHT * inter + math.sqrt(share * PROFILE_TERM_VARIANCE) * idio
+
+
+def _noiseless_matrix(
+    signs: np.ndarray, m: np.ndarray, tastes: np.ndarray | None = None, share: float = 0.0
+) -> np.ndarray:
     """Noiseless continuous ratings, shape (n_profiles, n_images)."""
     q = _quality_raw(m) / _Q_STD
     inter = np.atleast_2d(signs) @ _interaction_features(m).T
-    return np.clip(3.0 + QUALITY_WEIGHT * q[None, :] + INTERACTION_WEIGHT * inter, 1.0, 5.0)
+    idio = None if tastes is None else np.atleast_2d(tastes) @ _taste_features(m).T
+    return np.clip(3.0 + QUALITY_WEIGHT * q[None, :] + _personal(inter, idio, share), 1.0, 5.0)
 
 
-def _noiseless_pairs(signs: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Noiseless continuous ratings of pairs: row i is person ``signs[i]`` with image ``m[i]``."""
+def _noiseless_pairs(
+    signs: np.ndarray, m: np.ndarray, tastes: np.ndarray | None = None, share: float = 0.0
+) -> np.ndarray:
+    """Noiseless continuous ratings of pairs: row i is person ``signs[i]`` (taste ``tastes[i]``) with image ``m[i]``."""
     q = _quality_raw(m) / _Q_STD
     inter = np.einsum("ij,ij->i", signs, _interaction_features(m))
-    return np.clip(3.0 + QUALITY_WEIGHT * q + INTERACTION_WEIGHT * inter, 1.0, 5.0)
+    idio = None if tastes is None else np.einsum("ij,ij->i", tastes, _taste_features(m))
+    return np.clip(3.0 + QUALITY_WEIGHT * q + _personal(inter, idio, share), 1.0, 5.0)
 
 
 def _to_grid(x: np.ndarray | float, step: float | None) -> np.ndarray:
@@ -423,6 +523,8 @@ def hidden_rating(
     noise_std: float = 0.15,
     *,
     step: float | None = 0.5,
+    taste: np.ndarray | None = None,
+    idiosyncrasy: float = 0.0,
 ) -> float:
     """How much ``profile`` likes the image rendered from ``params``, on 1..5 (see the module docstring).
 
@@ -433,11 +535,18 @@ def hidden_rating(
             consistent); None gives the noiseless rating.
         noise_std: Noise standard deviation in rating units.
         step: Round to this grid (0.5 like PARA); None keeps the continuous value.
+        taste: The person's idiosyncratic taste (a unit 7-vector, :func:`sample_tastes`); needed when
+            ``idiosyncrasy`` > 0.
+        idiosyncrasy: Share of the person-specific variance carried by ``taste`` (0: the profile says it all).
 
     Returns:
         The rating in [1, 5].
     """
-    r = float(_noiseless_matrix(profile_signs(profile), _as_matrix(params))[0, 0])
+    share = _check_share(idiosyncrasy)
+    if share > 0.0 and taste is None:
+        raise ValueError("idiosyncrasy > 0 needs the person's taste.")
+    tastes = None if taste is None else np.asarray(taste, dtype=np.float64)[None, :]
+    r = float(_noiseless_matrix(profile_signs(profile), _as_matrix(params), tastes, share)[0, 0])
     if noise_rng is not None and noise_std > 0:
         r += float(noise_rng.normal(0.0, noise_std))
     return float(_to_grid(r, step))
@@ -493,6 +602,14 @@ the test sets of the 4 folds partition the users.
 """
 
 
+_README_IDIO = """
+Idiosyncrasy {share}: every person also has a hidden taste u (a unit vector over the 7 parameters,
+annotation/synthetic-tastes.csv) that no profile field reveals. The person-specific term above becomes
+  {a:.6f} * 0.95*(s_O*... ) + {c:.6f} * sum_j u_j * sqrt(3)*(2*(param_j - lo_j)/(hi_j - lo_j) - 1)
+so the taste carries {share} of the person-specific variance and the total stays the same.
+"""
+
+
 def _fmt(x: float) -> str:
     return f"{x:.{_PARAM_DECIMALS}f}"
 
@@ -515,6 +632,7 @@ def make_synthetic_dataset(
     image_size: int = 96,
     noise_std: float = 0.15,
     images_per_session: int = 100,
+    idiosyncrasy: float = 0.0,
 ) -> Path:
     """Write the synthetic task as a PARA-layout folder (deterministic for a seed).
 
@@ -527,10 +645,14 @@ def make_synthetic_dataset(
         image_size: Image width and height in pixels.
         noise_std: Rating noise standard deviation.
         images_per_session: Images per ``imgs/session<k>`` folder.
+        idiosyncrasy: Share (0..1) of the person-specific variance carried by a hidden taste that no profile
+            field reveals (see "Idiosyncrasy" in the module docstring); 0 writes exactly the files it wrote
+            before this option existed. Above 0 the tastes are written to ``annotation/synthetic-tastes.csv``.
 
     Returns:
         The dataset root.
     """
+    share = _check_share(idiosyncrasy)
     if n_users < 4 or n_images < 1 or ratings_per_user < 1 or images_per_session < 1:
         raise ValueError("need n_users >= 4 (for 4 user folds), n_images >= 1, ratings_per_user >= 1.")
     out = Path(root)
@@ -558,7 +680,11 @@ def make_synthetic_dataset(
     pair_user = np.repeat(np.arange(n_users), k)
     pair_image = np.concatenate([np.sort(rng_assign.permutation(n_images)[:k]) for _ in range(n_users)])
     s_pairs, m_pairs = signs[pair_user], mat[pair_image]
-    clean = _noiseless_pairs(s_pairs, m_pairs)
+    # The tastes have their own stream, so they change no other draw (and share 0 does not use them).
+    tastes = sample_tastes(np.random.default_rng(np.random.SeedSequence([seed, _TASTE_STREAM])), n_users)
+    clean = _noiseless_pairs(s_pairs, m_pairs, tastes[pair_user], share) if share > 0 else _noiseless_pairs(
+        s_pairs, m_pairs
+    )
     rating = _to_grid(clean + rng_noise.normal(0.0, noise_std, clean.size), 0.5)
     attrs = {
         name: _to_grid(v + rng_noise.normal(0.0, noise_std, clean.size), 0.5)
@@ -606,18 +732,62 @@ def make_synthetic_dataset(
         )
         (out / "userset" / f"TestUserIDs_Fold{fold}.txt").write_text("".join(u + "\n" for u in test), encoding="utf-8")
 
-    (out / "README.txt").write_text(
-        _README.format(
-            seed=seed,
-            n_users=n_users,
-            n_images=n_images,
-            ratings_per_user=ratings_per_user,
-            image_size=image_size,
-            noise_std=noise_std,
-        ),
-        encoding="utf-8",
+    readme = _README.format(
+        seed=seed,
+        n_users=n_users,
+        n_images=n_images,
+        ratings_per_user=ratings_per_user,
+        image_size=image_size,
+        noise_std=noise_std,
     )
+    if share > 0:
+        _write_csv(
+            out / "annotation" / "synthetic-tastes.csv",
+            ["userId", "idiosyncrasy", *(f"taste_{n}" for n in PARAM_NAMES)],
+            [[uid, repr(share), *(repr(float(v)) for v in t)] for uid, t in zip(user_ids, tastes, strict=True)],
+        )
+        readme += _README_IDIO.format(share=share, a=math.sqrt(1.0 - share), c=math.sqrt(share * PROFILE_TERM_VARIANCE))
+    (out / "README.txt").write_text(readme, encoding="utf-8")
     return out
+
+
+def read_synthetic_tastes(root: str | Path) -> tuple[float, dict[str, np.ndarray]]:
+    """Read ``annotation/synthetic-tastes.csv`` back: ``(idiosyncrasy, {user id: taste})``; ``(0.0, {})`` without it."""
+    path = Path(root) / "annotation" / "synthetic-tastes.csv"
+    if not path.is_file():
+        return 0.0, {}
+    share = 0.0
+    tastes: dict[str, np.ndarray] = {}
+    with path.open("r", encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            share = float(row["idiosyncrasy"])
+            tastes[row["userId"]] = np.array([float(row[f"taste_{n}"]) for n in PARAM_NAMES])
+    return share, tastes
+
+
+def synthetic_oracle(
+    root: str | Path, pairs: Sequence[tuple[str, Path]], profiles: dict[str, Profile]
+) -> dict[str, np.ndarray]:
+    """The hidden function's noiseless ratings of (user id, image path) pairs of a synthetic folder.
+
+    Returns ``{"ideal": the hidden rating itself, "profile_only": the same without the idiosyncratic term}``
+    (equal when the folder was made with idiosyncrasy 0). ``profile_only`` is the best any model that knows
+    only the profile and the image can do: the taste is independent of the profile and centred.
+    """
+    base = Path(root)
+    params = read_synthetic_params(base)
+    share, tastes = read_synthetic_tastes(base)
+    keys = [Path(path).relative_to(base / "imgs").as_posix() for _, path in pairs]
+    m = np.stack([params[k].as_array() for k in keys]) if keys else np.zeros((0, len(PARAM_NAMES)))
+    signs = np.stack([profile_signs(profiles[u]) for u, _ in pairs]) if pairs else np.zeros((0, 4))
+    profile_only = (
+        _noiseless_pairs(signs, m, np.zeros((len(pairs), len(PARAM_NAMES))), share) if share > 0 else
+        _noiseless_pairs(signs, m)
+    )
+    if share == 0.0:
+        return {"ideal": profile_only, "profile_only": profile_only.copy()}
+    t = np.stack([tastes[u] for u, _ in pairs]) if pairs else np.zeros((0, len(PARAM_NAMES)))
+    return {"ideal": _noiseless_pairs(signs, m, t, share), "profile_only": profile_only}
 
 
 def read_synthetic_params(root: str | Path) -> dict[str, ImageParams]:
@@ -712,3 +882,101 @@ def oracle_report(
     report["frac_ge_4"] = float(np.mean(noisy >= 4.0))
     report["n_pairs"] = int(clean.size)
     return report
+
+
+def _param_features(m: np.ndarray) -> np.ndarray:
+    """The true image parameters as a learner's features: the 7 centred parameters and their squares, (n, 14)."""
+    z = _taste_features(m)
+    return np.concatenate([z, z**2], axis=1)
+
+
+def idiosyncrasy_oracle(
+    idiosyncrasy: float = 0.4,
+    seed: int = 0,
+    *,
+    n_users: int = 200,
+    n_images: int = 600,
+    ratings_per_user: int = 150,
+    shots: Sequence[int] = (0, 5, 10, 20, 50, 100),
+    n_query: int = 50,
+    draws: int = 3,
+    noise_std: float = 0.15,
+    n_calibration: int = 40,
+) -> dict[str, Any]:
+    """What the few-shot protocol can reach on a task with an idiosyncratic share: the oracle rows of its table.
+
+    People, images and noisy 0.5-step ratings are sampled as :func:`make_synthetic_dataset` does (nothing is
+    rendered), and the protocol of :mod:`pmllm_batch.train.fewshot` is run with predictors that see the hidden
+    variables instead of pixels (mean per-user SROCC on ``n_query`` held-out ratings, over ``draws`` draws):
+
+    * ``ideal``: the noiseless hidden rating itself (the ceiling; the same for every k);
+    * ``profile_only``: the hidden rating without the idiosyncratic term — the best any model that knows only
+      the profile can do (the taste is independent of the profile and centred);
+    * ``stars_only``: the stars-only ridge (:mod:`pmllm_batch.learn`) on the *true* image parameters (the 7
+      centred parameters and their squares) fitted on the k support ratings: what a person's stars alone can
+      teach with perfect features;
+    * ``learner``: the residual learner on the same parameters with ``profile_only`` as its zero-shot prior: what
+      the per-person learner reaches with a perfect profile-only model and perfect features.
+
+    Both learners' λ is calibrated as the protocol does it, on ``n_calibration`` other people (all their ratings).
+
+    Returns:
+        ``{"idiosyncrasy", "n_users", "results": [{"k", "ideal", "profile_only", "stars_only", "learner"}, ...]}``.
+    """
+    from dataclasses import replace
+
+    from pmllm_batch.learn import FeatureSpec, LearnerConfig, calibrate, fit_taste
+
+    share = _check_share(idiosyncrasy)
+    rng = np.random.default_rng([seed, 1])
+    mat = np.stack([sample_image_params(rng).as_array() for _ in range(n_images)])
+    signs = np.stack([profile_signs(sample_profile(rng, f"O{i}")) for i in range(n_users)])
+    tastes = sample_tastes(rng, n_users)
+    per = min(ratings_per_user, n_images)
+    spec = FeatureSpec.fit(_param_features(mat), dim=14, kind="true-params")
+    phi = spec.transform(_param_features(mat))
+    ideal = _noiseless_matrix(signs, mat, tastes, share)
+    prof = _noiseless_matrix(signs, mat, np.zeros_like(tastes), share) if share > 0 else ideal
+    cal_signs = np.stack([profile_signs(sample_profile(rng, f"C{i}")) for i in range(n_calibration)])
+    cal_tastes = sample_tastes(rng, n_calibration)
+    cal_ideal = _noiseless_matrix(cal_signs, mat, cal_tastes, share)
+    cal_prof = _noiseless_matrix(cal_signs, mat, np.zeros_like(cal_tastes), share) if share > 0 else cal_ideal
+    cal = []
+    for c in range(n_calibration):
+        images = rng.permutation(n_images)[: min(ratings_per_user, n_images)]
+        y = _to_grid(cal_ideal[c, images] + rng.normal(0.0, noise_std, images.size), 0.5)
+        cal.append((phi[images], cal_prof[c, images], y))
+    fixed = LearnerConfig(rule="fixed", guard=False)
+    learner = calibrate(cal, spec=spec, config=fixed) if cal else LearnerConfig()
+    stars = calibrate(cal, spec=spec, config=replace(fixed, method="stars_only")) if cal else LearnerConfig(
+        method="stars_only"
+    )
+    shots = sorted(set(int(k) for k in shots))
+    acc: dict[int, dict[str, list[float]]] = {k: {n: [] for n in ("ideal", "profile_only", "stars_only", "learner")}
+                                              for k in shots}
+    for u in range(n_users):
+        images = np.sort(rng.permutation(n_images)[:per])
+        y = _to_grid(ideal[u, images] + rng.normal(0.0, noise_std, per), 0.5)
+        for d in range(draws):
+            perm = np.random.default_rng([seed, 2, u, d]).permutation(per)
+            q = perm[:n_query]
+            for k in shots:
+                if per < k + n_query:
+                    continue
+                s = perm[n_query : n_query + k]
+                row = acc[k]
+                row["ideal"].append(calculate_srcc(ideal[u, images[q]], y[q]))
+                row["profile_only"].append(calculate_srcc(prof[u, images[q]], y[q]))
+                for name, cfg in (("stars_only", stars), ("learner", learner)):
+                    st = fit_taste(phi[images[s]], prof[u, images[s]], y[s], spec=spec, model_fingerprint="oracle",
+                                   config=cfg)
+                    row[name].append(calculate_srcc(st.predict(phi[images[q]], prof[u, images[q]]), y[q]))
+    results = [
+        {"k": k, **{name: float(np.mean(v)) if v else None for name, v in acc[k].items()}} for k in shots
+    ]
+    return {
+        "idiosyncrasy": share,
+        "n_users": n_users,
+        "lam": {"learner": learner.lam, "stars_only": stars.lam},
+        "results": results,
+    }

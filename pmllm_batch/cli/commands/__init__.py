@@ -44,9 +44,23 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 
 def summary_line(s: dict[str, Any]) -> str:
-    """The one-line summary of a rank or ``watch --once`` run (a :class:`RunSummary` as a dict)."""
-    moved = f"{s.get('moved', 0)} moved, " if s.get("moved") else ""
-    return (f"scanned {plural(s['scanned'], 'file')}: {s['new']} new, {moved}{s['changed']} changed, "
-            f"{s['skipped']} unchanged, {s['missing']} missing, {s['failed']} failed; "
-            f"vision encodes {s['encoded']}; scored {plural(s['scored'], '(photo, profile) pair')} "
-            f"in {s['elapsed_s']:.1f}s")
+    """The one-line summary of a rank or ``watch --once`` run (a :class:`RunSummary` as a dict).
+
+    The parts after "scanned N files:" put each scanned file in exactly one bucket, so they add up to N: new, moved
+    (here, from a path that left), changed, unchanged, and re-checked (unchanged, but read again because its skip
+    state is stale, e.g. after ``[scan] min_side`` changed). Failed files are not a bucket of their own: a failed
+    file is also new, changed or unchanged, so the count stands next to N ("scanned 108 files (3 failed): ...").
+    Missing files are paths that left, not scanned ones.
+    """
+    scanned, new, changed, unchanged = s["scanned"], s["new"], s["changed"], s["skipped"]
+    moved = s.get("moved", 0)
+    rest = max(0, scanned - new - changed - unchanged)  # moves whose new path this scan found, and re-checked files
+    moved_here = min(moved, rest)
+    parts = [f"{new} new"] + ([f"{moved_here} moved"] if moved_here else []) + [
+        f"{changed} changed", f"{unchanged} unchanged"]
+    if rest > moved_here:
+        parts.append(f"{rest - moved_here} re-checked")
+    earlier = f", {moved - moved_here} moved (found at their new path earlier)" if moved > moved_here else ""
+    return (f"scanned {plural(scanned, 'file')} ({s['failed']} failed): {', '.join(parts)}; "
+            f"{s['missing']} missing{earlier}; vision encodes {s['encoded']}; "
+            f"scored {plural(s['scored'], '(photo, profile) pair')} in {s['elapsed_s']:.1f}s")

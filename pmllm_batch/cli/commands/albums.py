@@ -11,7 +11,8 @@ from pmllm_batch.config import Settings
 from pmllm_batch.db import Store
 from pmllm_batch.outputs.albums import DEFAULT_TOP, build_albums
 
-from . import positive_int
+from . import plural, positive_int
+from .model_options import add_checkpoint_option, output_model_id
 from .view_options import add_view_options, view_of
 
 
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top", type=positive_int, default=DEFAULT_TOP, metavar="N", help="photos per album")
     parser.add_argument("--profile", action="append", metavar="NAME", help="only this profile (repeatable)")
     parser.add_argument("--copy", action="store_true", help="copy the files instead of symlinking them")
+    add_checkpoint_option(parser)
     add_view_options(parser)
     parser.set_defaults(func=run)
 
@@ -35,11 +37,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Adapter for ``albums``."""
     group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
+        model_id = output_model_id(args, settings, store)  # the library's model (None) or the one named
         results = build_albums(store, args.out, profiles=args.profile, top=args.top, copy=args.copy, group=group,
-                               scope=scope)
+                               scope=scope, model_id=model_id)
     for r in results:
         kind = "copies" if r.mode == "copy" else "symlinks"
-        line = f"{r.profile}: {len(r.entries)} photos in {r.folder} ({kind})"
+        line = f"{r.profile}: {plural(len(r.entries), 'photo')} in {r.folder} ({kind})"
         if r.skipped:
             line += f", {len(r.skipped)} left out (no longer on disk)"
         print(line)

@@ -13,7 +13,8 @@ from pmllm_batch.db import Store
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.tabular import FORMATS, export_ranking
 
-from . import positive_int, write_text_atomic
+from . import plural, positive_int, write_text_atomic
+from .model_options import add_checkpoint_option, output_model_id
 from .view_options import add_view_options, view_of
 
 log = get_logger("cli.export")
@@ -24,12 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="write a profile's ranking as CSV or JSON",
-        description="Write one profile's ranking (current model) as CSV or JSON, to stdout or to --out.",
+        description="Write one profile's ranking (the library's model, or the model --preset/--checkpoint name) as "
+        "CSV or JSON, to stdout or to --out.",
     )
     parser.add_argument("--profile", required=True, metavar="NAME", help="profile whose ranking to export")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="output format (default: csv)")
     parser.add_argument("--top", type=positive_int, metavar="N", help="only the N best photos")
     parser.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    add_checkpoint_option(parser)
     add_view_options(parser)
     parser.set_defaults(func=run)
 
@@ -38,12 +41,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Adapter for ``export``."""
     group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
-        table = export_ranking(store, args.profile, args.format, top=args.top, group=group, scope=scope)
+        model_id = output_model_id(args, settings, store)  # the library's model (None) or the one named
+        table = export_ranking(store, args.profile, args.format, top=args.top, group=group, scope=scope,
+                               model_id=model_id)
     if not table.rows:
         log.warning("profile %s has no scored photos for the current model yet (run `pmllm-batch rank`)", args.profile)
     if args.out:
         target = write_text_atomic(args.out, table.text)
-        log.info("wrote %d rows to %s", table.rows, target)
+        log.info("wrote %s to %s", plural(table.rows, "row"), target)
     else:
         sys.stdout.write(table.text)
     return 0

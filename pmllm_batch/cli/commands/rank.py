@@ -7,12 +7,12 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from pmllm_batch.config import Settings
 
 from . import plural, positive_int, summary_line
+from .model_options import add_switch_option, checkpoint_path, scoring_settings
 from .view_options import add_view_options, view_of
 
 # for a model registered before its note was stored (the demo preset was the only demo then)
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="adapter folder to score with (overrides model.checkpoint), e.g. a `train --out` DIR")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="score even with fusion that was never trained (every photo alike): benchmarks only")
+    add_switch_option(parser)
     parser.add_argument("--json", action="store_true",
                         help="JSON lines: one object per profile ranking, then one summary object")
     parser.add_argument("--engine", choices=("local", "ray"),
@@ -53,8 +54,7 @@ def with_model_options(args: argparse.Namespace, settings: Settings) -> Settings
     """``--checkpoint`` / ``--allow-untrained`` as [model] overrides (a `train --out` folder means its adapter/)."""
     changes: dict[str, Any] = {}
     if getattr(args, "checkpoint", None):
-        ckpt = Path(args.checkpoint).expanduser()
-        changes["checkpoint"] = str(ckpt / "adapter" if (ckpt / "adapter").is_dir() else ckpt)
+        changes["checkpoint"] = checkpoint_path(args.checkpoint)
     if getattr(args, "allow_untrained", False):
         changes["allow_untrained"] = True
     return dataclasses.replace(settings, model=dataclasses.replace(settings.model, **changes)) if changes else settings
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     roots = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
     group, scope = view_of(args, settings, roots)  # checked before any work: a bad date is one sentence
     with Store(settings.db_url()) as store:
+        # the library's model unless the command line names another (refused without --switch-model: exit 2)
+        settings = scoring_settings(args, settings, store, args.profile).settings
         progress = not args.quiet and sys.stderr.isatty()
         if settings.engine.kind == "ray":
             from pmllm_batch.scorer.ray_engine import RayScorer
@@ -123,6 +125,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if summary.too_small:
         unranked.append(f"{plural(summary.too_small, 'photo')} too small to judge (shorter side below [scan] "
                         f"min_side = {settings.scan.min_side} px)")
+    if summary.blank:
+        unranked.append(f"{plural(summary.blank, 'blank frame')} (near-uniform pixels: below [scan] blank_std = "
+                        f"{settings.scan.blank_std:g})")
     if summary.raw_pairs:
         unranked.append(f"{plural(summary.raw_pairs, 'RAW file')} shown as the JPEG shot with it")
     if unranked:

@@ -14,6 +14,7 @@ from pmllm_batch.db import Store
 from pmllm_batch.errors import UserError
 
 from . import positive_int, print_json
+from .model_options import add_checkpoint_option, output_model_id
 from .view_options import add_view_options, view_of
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", action="append", metavar="NAME", help="only this profile (repeatable)")
     parser.add_argument("--top", type=positive_int, metavar="N", help="photos per person (default: [report] top)")
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_checkpoint_option(parser)
     add_view_options(parser)
     parser.set_defaults(func=run)
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise UserError(f"PATH {path} does not exist.")
     group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
+        model_id = output_model_id(args, settings, store)  # the library's model (None) or the one named
         summary = build_report(
             store,
             args.out,
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             max_pixels=settings.scan.max_pixels,
             group=group,
             scope=scope,
+            model_id=model_id,
         )
     if args.json:
         print_json(

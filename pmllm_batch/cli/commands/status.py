@@ -8,13 +8,15 @@ from typing import Any
 
 from pmllm_batch.config import Settings
 from pmllm_batch.db import Store
+from pmllm_batch.db.models import model_label
 from pmllm_batch.errors import DBAccessError
 
-from . import human_bytes, print_json
+from . import human_bytes, plural, print_json
 
 
-def format_status(status: dict[str, Any]) -> str:
-    """Human-readable report of :meth:`Store.status` (counts first, then one line per failed photo)."""
+def format_status(status: dict[str, Any], *, verbose: bool = False) -> str:
+    """Human-readable report of :meth:`Store.status`: counts first, the library's model, then one line per failed
+    photo (and with ``verbose`` one per photo whose EXIF could not be read)."""
     photos = status["photos"]
     lines = [
         f"database: {status['db']}",
@@ -23,11 +25,22 @@ def format_status(status: dict[str, Any]) -> str:
         f"profiles: {status['profiles']}",
     ]
     current = status.get("current_model")
-    models = f"models: {status['models']}"
+    others = status["models"] - (1 if current else 0)
+    more = f"; {plural(others, 'other model')} in the library" if others > 0 else ""
     if current:
-        models += f" (current: preset {current['preset']}, fingerprint {current['fingerprint'][:12]})"
-    lines.append(models)
+        lines.append(f"model: {model_label(current)}, "
+                     f"{plural(status.get('photos_scored_current_model', 0), 'photo')} scored{more}")
+        if current.get("demo"):
+            lines.append(f"  note: {current.get('note') or 'a demo model: its scores show the mechanism only'}")
+    else:
+        lines.append(f"model: none yet (the first `pmllm-batch rank PATH` sets the library's model){more}")
     lines.append(f"scores (current model): {status['scores_current_model']}")
+    warnings = status.get("exif_warnings") or []
+    if warnings:
+        lines.append(f"exif warnings: {plural(len(warnings), 'photo')} ranked with EXIF that could not be read"
+                     + (" (-v lists them)" if not verbose else ":"))
+        if verbose:
+            lines += [f"  {w['path']}: {w['warning']}" for w in warnings]
     cache = status["visual_cache"]
     line = f"visual-token cache: {cache['entries']} entries, {human_bytes(cache['bytes'])}"
     if cache.get("budget_bytes"):
@@ -89,7 +102,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(status)
     else:
-        text = format_status(status)
+        text = format_status(status, verbose=bool(args.verbose))
         if store.read_only:
             text += "database is read-only for this user: it can be read, not written\n"
         if checked is not None:

@@ -12,6 +12,7 @@ from pmllm_batch.config import Settings
 from pmllm_batch.log import get_logger
 
 from . import summary_line
+from .model_options import add_checkpoint_option, add_switch_option, scoring_settings, with_checkpoint
 
 
 def non_negative_seconds(text: str) -> float:
@@ -60,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--once", action="store_true",
                         help="run the full scan once (waiting out the settle window of files still being copied), "
                         "score what is missing, and exit (for cron and scripts)")
+    add_checkpoint_option(parser, scores=False)
+    add_switch_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             get_logger(name).setLevel(logging.INFO)
     settings = watch_settings(settings, args)
     with Store(settings.db_url()) as store:
+        # the library's model unless the command line names another (refused without --switch-model: exit 2)
+        settings = scoring_settings(args, with_checkpoint(args, settings), store, args.profile).settings
         service = WatchService(settings, store, args.paths, args.profile, once=args.once)
         totals = service.run()
     if args.once and not args.quiet:  # -q: nothing on success (the README's cron line mails any output)

@@ -15,26 +15,16 @@ from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.xmp import NAMINGS, XmpSummary, write_sidecars
 
 from . import print_json
+from .model_options import add_checkpoint_option, output_model_id
 from .view_options import add_view_options, view_of
 
 log = get_logger("cli.xmp")
 
 
 def format_summary(summary: XmpSummary) -> str:
-    """Human-readable result: one counts line, then one line per problem grouped by reason."""
-    verb = "would be " if summary.dry_run else ""
-    lines = [
-        f"stars for {summary.profile}, keywords for {', '.join(summary.profiles)} ({summary.naming} naming): "
-        f"{summary.photos} photos; {summary.created} sidecars {verb}created, {summary.updated} {verb}updated, "
-        f"{summary.unchanged} unchanged, {summary.kept_ratings} user ratings kept, {len(summary.problems)} skipped"
-        + (" (dry run: nothing was written)" if summary.dry_run else "")
-    ]
-    counts = summary.problem_counts()
-    if counts:
-        lines.append("skipped: " + ", ".join(f"{reason} {n}" for reason, n in counts.items()))
-        for p in summary.problems:
-            lines.append(f"  {p.path}: {p.reason} — {p.message}")
-    return "\n".join(lines) + "\n"
+    """Human-readable result: one counts line, the sidecars cleaned of stale marks, then one line per problem grouped
+    by reason (the wording lives with the summary: :meth:`XmpSummary.describe`)."""
+    return summary.describe()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite-ratings", action="store_true", help="also replace ratings changed in a photo app"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
+    add_checkpoint_option(parser)
     add_view_options(parser)
     parser.set_defaults(func=run)
 
@@ -75,6 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise UserError(f"PATH {path} does not exist.")
     group, scope = view_of(args, settings)
     with Store(settings.db_url()) as store:
+        model_id = output_model_id(args, settings, store)  # the library's model (None) or the one named
         summary = write_sidecars(
             store,
             profile,
@@ -85,6 +77,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             overwrite_ratings=args.overwrite_ratings or settings.xmp.overwrite_ratings,
             group=group,
             scope=scope,
+            model_id=model_id,
         )
     if summary.model is None:
         log.warning("nothing is scored yet; run `pmllm-batch rank PATH` first")
