@@ -318,3 +318,75 @@ def test_the_readme_smol_command_ranks_the_examples_differently_for_each_person(
     assert all(sorted(t) == sorted(tops["ana"]) for t in tops.values())  # the same seven photos ...
     assert len({tuple(t) for t in tops.values()}) >= 2  # ... in another order for at least one person
     assert tops["ana"] != tops["bernd"]
+
+
+@needs_smol
+def test_item24_scenario_smol_library_xmp_watch_profile_remove_forget(env: Any, smol_cache: Path,
+                                                                       tmp_path: Path) -> None:
+    """Issue 24's whole sequence: rank with smol, `xmp`, `watch` without --preset, a new photo, `xmp` again (no
+    sidecar of a photo whose stars did not change is touched, and every one names smol's model); `profile remove`,
+    `xmp` (no sidecar keeps that person's keywords); `forget` the examples (they appear in no output)."""
+    from tests.helpers import tree_digest
+    from tests.imagegen import make_photo, make_photo_folder
+
+    llm = env.cache_home / "pmllm-batch" / "llm"
+    llm.mkdir(parents=True)
+    for folder in (smol_cache / "llm").iterdir():
+        (llm / folder.name).symlink_to(folder, target_is_directory=True)
+    lib = tmp_path / "library"
+    make_photo_folder(lib)
+    examples = tmp_path / "examples"
+    shutil.copytree(PKG.parent / "examples" / "photos", examples)
+    _add_profiles(env, "ana", "bernd", "coarse")
+
+    def ok(*args: str) -> str:
+        code, out, err = env.run_cli(*args)
+        assert code == 0, (args, err)
+        return out
+
+    def ranks() -> dict[str, tuple[int, ...]]:
+        """photo path -> its rank for each profile (the sidecar records every profile's rank)."""
+        names = [p.stem for p in _profile_files("ana", "bernd", "coarse")]
+        out: dict[str, list[int]] = {}
+        for name in names:
+            code, text, _ = env.run_cli("export", "--profile", name, "--format", "json")
+            for row in json.loads(text) if code == 0 else []:
+                out.setdefault(row["path"], []).append(row["rank"])
+        return {path: tuple(r) for path, r in out.items()}
+
+    def sidecars() -> dict[str, str]:
+        return {k: v for k, v in tree_digest(lib).items() if k.endswith(".xmp")}
+
+    summary = json.loads(ok("--preset", "smol", "rank", str(lib), str(examples), "--json").splitlines()[-1])
+    assert summary["demo"] is True and summary["note"].startswith("smol: a real LLM")
+    smol_fp = summary["model"]
+    ok("xmp", "--profile", "ana", str(lib))
+    before, ranks_before = sidecars(), ranks()
+    assert before and all(smol_fp in (lib / rel).read_text(encoding="utf-8") for rel in before)
+
+    make_photo(lib / "new" / "arrival.jpg", seed=99)
+    ok("watch", str(lib), "--once", "--settle", "0")  # no --preset: the library's model (smol) scores it
+    status = json.loads(ok("status", "--json"))
+    assert status["current_model"]["fingerprint"] == smol_fp
+    ok("xmp", "--profile", "ana", str(lib))
+    after, ranks_after = sidecars(), ranks()
+    assert all(smol_fp in (lib / rel).read_text(encoding="utf-8") for rel in after)
+    assert set(after) == set(before) | {"new/arrival.jpg.xmp"}
+    changed = [rel for rel in before if after[rel] != before[rel]]
+    # a sidecar changes only where that photo's place in a ranking of the same model moved (its stars and the
+    # ranks it records); the model never changed under it
+    assert all(ranks_before[str(lib / rel[:-4])] != ranks_after[str(lib / rel[:-4])] for rel in changed), changed
+    out = ok("xmp", "--profile", "ana", str(lib), "--json")
+    assert json.loads(out)["updated"] == 0  # a second run with nothing new changes nothing
+    assert sidecars() == after
+
+    ok("profile", "remove", "coarse")
+    ok("xmp", "--profile", "ana", str(lib))
+    assert not any("coarse" in (lib / rel).read_text(encoding="utf-8") for rel in sidecars())
+
+    ok("forget", str(examples))
+    for name in ("ana", "bernd"):
+        rows = json.loads(ok("export", "--profile", name, "--format", "json"))
+        assert rows and not any(str(examples) in json.dumps(r) for r in rows)
+    ranked = ok("rank", str(lib), "--json")
+    assert str(examples) not in ranked
