@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from pmllm_batch.config import as_db_url
 from pmllm_batch.errors import DBAccessError
@@ -37,8 +37,16 @@ COMMAND_MODULES = [
 ]
 
 
+class _OptionSpec(TypedDict, total=False):
+    """The ``add_argument`` keywords a global option uses."""
+
+    metavar: str
+    help: str
+    action: str
+
+
 # Options every command accepts, before it (``pmllm-batch --db X rank``) or after it (``pmllm-batch rank --db X``).
-GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], _OptionSpec]] = [
     (("--config",), {"metavar": "FILE", "help": "config file (default: $PMLLM_CONFIG or the XDG one)"}),
     (("--db",), {"metavar": "URL_OR_PATH", "help": "database: SQLAlchemy URL or SQLite file path (its folder must "
                                                    "exist; only the default location is created on its own)"}),
@@ -191,9 +199,9 @@ def check_db_location(raw: str, url: str, *, create: bool = True) -> None:
         )
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     """Settings overrides from the global flags (the last config layer)."""
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, dict[str, str]] = {}
     if args.db:
         overrides.setdefault("db", {})["url"] = as_db_url(args.db)
     if args.preset:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from sqlalchemy import Engine
 
@@ -27,12 +27,14 @@ from pmllm_batch.db.forget import ForgetCounts
 from pmllm_batch.db.links import LinkStore
 from pmllm_batch.db.profiles import persona_digest
 from pmllm_batch.db.records import (
+    ExifWarning,
     FailedPhoto,
     ModelInfo,
     PhotoRecord,
     ProfileRow,
     RankedPhoto,
     RecipeModel,
+    RunInfo,
     RunningRun,
 )
 from pmllm_batch.errors import UserError
@@ -42,14 +44,48 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Callers import the records from here too (``from pmllm_batch.db.store import PhotoRecord, Store``).
-__all__ = ["PhotoRecord", "ProfileRow", "RankedPhoto", "Store", "persona_digest"]
+__all__ = ["CacheStatus", "LibraryStatus", "PhotoRecord", "ProfileRow", "RankedPhoto", "Store", "persona_digest"]
+
+
+class CacheStatus(TypedDict):
+    """The feature cache in :meth:`Store.status`."""
+
+    entries: int
+    bytes: int
+    evicted: int  # entries dropped to stay within the budget, ever
+    budget_bytes: NotRequired[int]  # added by the CLI ([vision] cache budget)
+
+
+class StatusCheck(TypedDict):
+    """``status --check``'s result, added by the CLI."""
+
+    ok: bool
+    checked: str  # what was checked, in words
+
+
+class LibraryStatus(TypedDict):
+    """:meth:`Store.status` (JSON-able): the library's counts and health; the CLI adds the not-required keys."""
+
+    photos: dict[PhotoStatus, int]  # ok, failed, missing (and skipped when there are any)
+    profiles: int
+    models: int
+    current_model: ModelInfo | None  # the library's model
+    scores_current_model: int  # score rows
+    photos_scored_current_model: int  # photos it scored: the most for one profile
+    exif_warnings: list[ExifWarning]  # ok photos whose EXIF could not be read, by path
+    visual_cache: CacheStatus
+    failures: list[FailedPhoto]  # every failed photo, by path
+    last_run: RunInfo | None
+    db: str  # the database URL, password hidden
+    read_only: NotRequired[bool]
+    check: NotRequired[StatusCheck]
 
 
 class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_batch.db.links)
     """The library database. Open one per process (or per command); it is safe to share between threads.
 
     Args:
-        url: Any SQLAlchemy URL. For a SQLite file its parent folder is created.
+        url: any SQLAlchemy URL. For a SQLite file its parent folder is created.
 
     Raises:
         DBAccessError: The database cannot be opened, created or written, has a newer schema than this
@@ -459,7 +495,7 @@ class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_
         with self._db.read() as s:
             return photos.failures(s)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> LibraryStatus:
         """Counts and health of the library, read in one snapshot (JSON-able; the CLI adds its own keys to it).
 
         Returns:

@@ -15,7 +15,6 @@ photos differ most). ``whiten=True`` divides each direction by its own standard 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -28,7 +27,7 @@ SPEC_VERSION = 1
 _EPS = 1e-8  # an input dimension with less spread than this (after standardising) carries nothing
 
 
-def mean_pool(features: Any) -> np.ndarray:
+def mean_pool(features: object) -> np.ndarray:
     """Mean over the patch axis: tower features (n, n_feat, D_vis) → (n, D_vis) float64; (n, D) passes through."""
     x = np.asarray(features, dtype=np.float64)
     if x.ndim == 3:
@@ -67,7 +66,7 @@ class FeatureSpec:
     @classmethod
     def fit(
         cls,
-        features: Any,
+        features: object,
         *,
         dim: int = DEFAULT_DIM,
         whiten: bool = False,
@@ -108,7 +107,7 @@ class FeatureSpec:
         basis = vecs / np.sqrt(kept) if whiten else vecs / np.sqrt(kept.mean())
         return cls(kind=kind, source=source, mean=mean, scale=scale, basis=basis)
 
-    def transform(self, features: Any) -> np.ndarray:
+    def transform(self, features: object) -> np.ndarray:
         """Raw features (n, d_in) or tower features (n, n_feat, d_in) → ``phi`` (n, dim), float64."""
         x = mean_pool(features)
         if x.shape[1] != self.d_in:

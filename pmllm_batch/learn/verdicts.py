@@ -20,8 +20,6 @@ The function is pure: the input arrays are not changed, and the same input gives
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 __all__ = ["REJECTED", "TIE_SPREAD", "verdicts_win"]
@@ -41,7 +39,7 @@ def _spread(scores: np.ndarray, width: float = TIE_SPREAD) -> np.ndarray:
     return width * ((ranks + 1.0) / (n + 1.0) - 0.5)
 
 
-def verdicts_win(scores: Any, ratings: Any) -> np.ndarray:
+def verdicts_win(scores: object, ratings: object) -> np.ndarray:
     """Final scores in which the person's own ratings decide (module docstring for the rule).
 
     Args:

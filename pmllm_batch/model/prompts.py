@@ -25,9 +25,9 @@ self-description in the free-text notes field). ``fields`` renders only some pro
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pmllm_batch.profiles import BIG_FIVE, Profile
 
@@ -103,9 +103,10 @@ def _only(profile: Profile, fields: Sequence[str] | None) -> Profile:
     unknown = sorted(set(fields) - set(PROFILE_FIELDS))
     if unknown:
         raise ValueError(f"unknown profile field(s) {', '.join(unknown)}; known: {', '.join(PROFILE_FIELDS)}")
-    empty: dict[str, Any] = {"big_five": {}, "art_interest": {}}
-    dropped: dict[str, Any] = {f: empty.get(f) for f in PROFILE_FIELDS if f not in fields}
-    return dataclasses.replace(profile, **dropped)
+    empty: dict[str, dict[str, float]] = {"big_five": {}, "art_interest": {}}
+    dropped = {f: empty.get(f) for f in PROFILE_FIELDS if f not in fields}  # each left-out field's blank value
+    blank_out: Callable[..., Profile] = dataclasses.replace  # the fields differ in type; each blank fits its own
+    return blank_out(profile, **dropped)
 
 
 def render_persona(profile: Profile, style: str = "standard", fields: Sequence[str] | None = None) -> str:

@@ -71,7 +71,9 @@ class VisionTower(nn.Module):
 
     visual: OpenClipVisual
 
-    def __init__(self, visual: OpenClipVisual, select_layer: int = -2, select_feature: str = "patch", pool: int = 1) -> None:
+    def __init__(
+        self, visual: OpenClipVisual, select_layer: int = -2, select_feature: str = "patch", pool: int = 1
+    ) -> None:
         super().__init__()
         if int(pool) < 1:
             raise ModelLoadError(f"vision.pool must be 1 or more, not {pool}.")

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Protocol
 
 from pmllm_batch.log import get_logger
 from pmllm_batch.ratings.model import Rating, ReadResult
@@ -114,7 +114,15 @@ def _captured_exiv2_messages() -> Iterator[_Exiv2Messages]:
             logger.propagate = propagate
 
 
-def _wanted(xmp_data: Iterable[Any]) -> dict[str, str]:  # exiv2.Xmpdatum (python-exiv2 ships no types)
+class _XmpDatum(Protocol):
+    """What is used of an ``exiv2.Xmpdatum`` (python-exiv2 ships no types)."""
+
+    def key(self) -> str: ...
+
+    def toString(self) -> str: ...  # exiv2's name
+
+
+def _wanted(xmp_data: Iterable[_XmpDatum]) -> dict[str, str]:
     """The properties a verdict depends on; a darktable property is recorded as ``Xmp.darktable.`` once."""
     props: dict[str, str] = {}
     for datum in xmp_data:

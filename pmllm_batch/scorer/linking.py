@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
+from pmllm_batch.config import GroupSettings
+from pmllm_batch.contracts import JSONDict
 from pmllm_batch.db.links import LSH_TABLES, EmbeddingRow
 from pmllm_batch.db.store import Store
 from pmllm_batch.log import get_logger
@@ -126,7 +127,7 @@ class Grouper:
         settings: The ``[group]`` settings (``similarity``, ``similarity_untimed``, ``seconds``).
     """
 
-    def __init__(self, store: Store, settings: Any) -> None:
+    def __init__(self, store: Store, settings: GroupSettings) -> None:
         self.store = store
         self.similarity = float(settings.similarity)
         self.similarity_untimed = float(settings.similarity_untimed)
@@ -140,7 +141,7 @@ class Grouper:
         self.compared = 0  # embeddings compared in this process (for the bench and the log)
         self.candidates = 0  # candidate pairs looked at
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> JSONDict:
         """What the stored links depend on: other values re-link everything."""
         return {"scheme": SCHEME, "pool_dim": POOL_DIM, "bits": LSH_BITS, "tables": LSH_TABLES,
                 "similarity": self.similarity, "similarity_untimed": self.similarity_untimed,

@@ -398,12 +398,12 @@ class PassResult:
     ended: float = 0.0
 
 
-def _file_row(e: FileEntry) -> dict[str, Any]:
+def _file_row(e: FileEntry) -> dict[str, object]:
     return {"kind": "file", "path": str(e.path), "root": str(e.root), "size": int(e.size),
             "mtime_ns": int(e.mtime_ns), "content_hash": ""}
 
 
-def _hash_row(h: str) -> dict[str, Any]:
+def _hash_row(h: str) -> dict[str, object]:
     return {"kind": "hash", "path": "", "root": "", "size": 0, "mtime_ns": 0, "content_hash": h}
 
 

@@ -51,7 +51,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO, TypedDict, Unpack, cast
 
 import numpy as np
 
@@ -62,8 +62,10 @@ __all__ = [
     "DATASET_CONFIGS",
     "LAPIS_ART_ITEMS",
     "PARA_ATTRIBUTES",
+    "DatasetConfig",
     "RatingDataset",
     "RatingSample",
+    "ReadOptions",
     "load_dataset",
     "load_lapis",
     "load_para",
@@ -97,8 +99,30 @@ PARA_TEXT_FIELDS = {
 LAPIS_ART_ITEMS = tuple(f"VAIAK{i}" for i in range(1, 8)) + tuple(f"2VAIAK{i}" for i in range(1, 5))
 LAPIS_TEXT_FIELDS = {"nationality": "nationality", "demo_gender": "gender", "demo_edu": "education"}
 
+
+
+class DatasetConfig(TypedDict):
+    """One dataset's layout (paths relative to its root) and score conventions."""
+
+    meta_file: str  # the ratings CSV
+    user_file: str | None  # the raters' CSV, None when the ratings CSV carries the demographics
+    image_dir: str
+    raw_score_range: tuple[float, float]  # as the CSV writes scores
+    score_range: tuple[float, float]  # after mapping to the 1..5 scale
+    lower_better: bool
+
+
+class ReadOptions(TypedDict, total=False):
+    """The keyword arguments every reader takes (see :func:`load_para`)."""
+
+    fold: int | None
+    split: str
+    seed: int
+    captions: str | Path | None
+
+
 # Per-dataset layout and score conventions, kept apart from the code (pyiqa's default_dataset_configs idea).
-DATASET_CONFIGS: dict[str, dict[str, Any]] = {
+DATASET_CONFIGS: dict[str, DatasetConfig] = {
     "para": {
         "meta_file": "annotation/PARA-Images.csv",
         "user_file": "annotation/PARA-UserInfo.csv",
@@ -241,18 +265,18 @@ def _clean_text(value: str | None) -> str | None:
     return value.strip()
 
 
-def _safe_profile(data: dict[str, Any], source: str) -> Profile:
+def _safe_profile(data: dict[str, object], source: str) -> Profile:
     """Build a Profile, dropping any field the validator still rejects (the data must never stop a run)."""
     try:
         return Profile.from_dict(data, source=source)
     except ProfileError:
         pass
-    kept: dict[str, Any] = {"name": data["name"]}
+    kept: dict[str, object] = {"name": data["name"]}
     for key, value in data.items():
         if key == "name":
             continue
         if isinstance(value, dict):
-            sub: dict[str, Any] = {}
+            sub: dict[str, object] = {}
             for k, v in value.items():
                 try:
                     Profile.from_dict({"name": data["name"], key: {**sub, k: v}}, source=source)
@@ -493,7 +517,7 @@ def _para_profiles(table: _Table) -> dict[str, Profile]:
         uid = _norm_id(get_uid(row) or "")
         if not uid or uid in profiles:
             continue
-        data: dict[str, Any] = {"name": _profile_name(uid)}
+        data: dict[str, object] = {"name": _profile_name(uid)}
         age = _norm_age(get_age(row))
         if age is not None:
             data["age"] = age
@@ -537,7 +561,9 @@ def load_para(
     base = _check_root(root, "PARA")
     cfg = DATASET_CONFIGS["para"]
     images = _Table(base / cfg["meta_file"], ("sessionId", "imageName", "userId", "aestheticScore"), what="PARA")
-    users = _Table(base / cfg["user_file"], ("userId",), what="PARA user-info")
+    user_file = cfg["user_file"]
+    assert user_file is not None  # PARA's raters are in a file of their own
+    users = _Table(base / user_file, ("userId",), what="PARA user-info")
     get_session, get_name = images.getter("sessionId"), images.getter("imageName")
     get_uid, get_score = images.getter("userId"), images.getter("aestheticScore")
     attr_getters = {a: images.getter(a) for a in PARA_ATTRIBUTES if images.has(a)}
@@ -621,7 +647,7 @@ def load_lapis(
     all_ids = {uid for row in table if (uid := _norm_id(get_uid(row) or ""))}
     selected = _selected_users(base, all_ids, fold, split, seed)
 
-    fields: dict[str, dict[str, Any]] = {}
+    fields: dict[str, dict[str, object]] = {}
     check = _ImageChecker()
     samples: list[RatingSample] = []
     missing = bad = 0
@@ -651,7 +677,7 @@ def load_lapis(
 
 
 def _merge_lapis_fields(
-    data: dict[str, Any],
+    data: dict[str, object],
     row: list[str],
     get_age: Callable[[list[str]], str | None],
     get_cb: Callable[[list[str]], str | None],
@@ -666,7 +692,7 @@ def _merge_lapis_fields(
             data[dst] = text
     if "notes" not in data and (cb := _clean_text(get_cb(row))) is not None and cb.lower() in _YES:
         data["notes"] = "colour-blind"
-    art = data.setdefault("art_interest", {})
+    art = cast("dict[str, float | str]", data.setdefault("art_interest", {}))  # only set here
     for item, get in art_getters.items():
         if item in art:
             continue
@@ -683,7 +709,7 @@ def _merge_lapis_fields(
 # Dispatch
 
 
-def _load_synthetic(root: str | Path, **kw: Any) -> RatingDataset:
+def _load_synthetic(root: str | Path, **kw: Unpack[ReadOptions]) -> RatingDataset:
     # The synthetic generator writes the PARA layout on purpose, so the PARA reader is the one code path.
     return replace(load_para(root, **kw), name="synthetic")
 
@@ -695,7 +721,7 @@ _LOADERS: dict[str, Callable[..., RatingDataset]] = {
 }
 
 
-def load_dataset(name: str, root: str | Path, **kw: Any) -> RatingDataset:
+def load_dataset(name: str, root: str | Path, **kw: Unpack[ReadOptions]) -> RatingDataset:
     """Read a dataset by name: ``"para"``, ``"lapis"`` or ``"synthetic"``.
 
     Args:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +20,8 @@ from pmllm_batch.profiles import BIG_FIVE, Profile
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from pmllm_batch.model.vision import OpenClipVisual
 
 SPECIAL = ["[PAD]", "[UNK]", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -96,7 +98,7 @@ def _make_context_mixer(lm: LlamaForCausalLM) -> None:
         lm.lm_head.weight.normal_(0.0, 0.3)
 
 
-def pretrain_demo_vision(visual: Any, steps: int = 1500, seed: int = 0, batch: int = 64) -> list[float]:
+def pretrain_demo_vision(visual: OpenClipVisual, steps: int = 1500, seed: int = 0, batch: int = 64) -> list[float]:
     """Teach the tiny tower to *see* the synthetic renderer's image parameters.
 
     A CLIP tower's patch features describe colour, light, sharpness and layout; a random tiny ViT's do not

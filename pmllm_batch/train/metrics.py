@@ -23,11 +23,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, SupportsFloat, TypedDict
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, stats
+
+if TYPE_CHECKING:
+    from pmllm_batch.contracts import JSONDict
 
 __all__ = [
     "bootstrap_ci",
@@ -35,9 +38,32 @@ __all__ = [
     "calculate_plcc",
     "calculate_srcc",
     "evaluate_predictions",
+    "PerUserMetrics",
+    "UserCorrelation",
     "fit_curve",
     "per_user_metrics",
 ]
+
+
+
+class UserCorrelation(TypedDict):
+    """One user's within-user correlations."""
+
+    srocc: float
+    plcc: float
+    n: int  # finite (prediction, rating) pairs
+
+
+class PerUserMetrics(TypedDict):
+    """:func:`per_user_metrics`: mean ± population std over users, and each user's figures."""
+
+    srocc_mean: float
+    srocc_std: float
+    plcc_mean: float
+    plcc_std: float
+    n_users: int
+    per_user: dict[Hashable, UserCorrelation]
+
 
 # Above this many elements per chunk the bootstrap resamples in chunks to bound memory.
 _BOOT_CHUNK_ELEMS = 2_000_000
@@ -170,7 +196,7 @@ def _nanmean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def per_user_metrics(
     pred: ArrayLike, target: ArrayLike, user_ids: Sequence[Hashable], min_items: int = 3
-) -> dict[str, Any]:
+) -> PerUserMetrics:
     """SROCC and PLCC computed within each user, then mean ± std over users.
 
     Within-user correlation is the zero-shot PIAA question proper: does the model order *this
@@ -197,7 +223,7 @@ def per_user_metrics(
     for i, uid in enumerate(uids):
         groups.setdefault(uid, []).append(i)
     finite = np.isfinite(p) & np.isfinite(t)
-    per_user: dict[Hashable, dict[str, float | int]] = {}
+    per_user: dict[Hashable, UserCorrelation] = {}
     for uid in sorted(groups, key=str):
         idx = np.asarray(groups[uid])
         idx = idx[finite[idx]]
@@ -222,7 +248,7 @@ def per_user_metrics(
 
 def bootstrap_ci(
     values: ArrayLike,
-    stat: Callable[..., Any] = np.mean,
+    stat: Callable[..., SupportsFloat] = np.mean,  # a number; with ``axis=1``, an array of them
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
@@ -276,7 +302,7 @@ def evaluate_predictions(
     n_boot: int = 1000,
     seed: int = 0,
     min_items: int = 3,
-) -> dict[str, Any]:
+) -> JSONDict:
     """The zero-shot evaluation summary: pooled and per-user correlations.
 
     Args:

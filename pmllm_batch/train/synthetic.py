@@ -133,7 +133,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -348,7 +347,7 @@ def sample_profile(rng: np.random.Generator, user_id: str) -> Profile:
     Returns:
         A full profile (age bin, gender, education, art/photography experience, all five Big-Five traits).
     """
-    data: dict[str, Any] = {
+    data: dict[str, object] = {
         "name": f"user-{user_id}",
         "age": PARA_AGE_BINS[int(rng.integers(len(PARA_AGE_BINS)))],
         "gender": GENDERS[int(rng.integers(len(GENDERS)))],
@@ -824,7 +823,7 @@ def oracle_report(
     ratings_per_user: int = 60,
     noise_std: float = 0.15,
     n_population: int = 2000,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """How well ideal, profile-blind and wrong-profile predictors can do on the synthetic task.
 
     A population is sampled (people and image params only — nothing is rendered), each person rates
@@ -869,7 +868,7 @@ def oracle_report(
     shuffled = clean_all[shifted][users, images]
 
     preds = {"ideal": clean, "profile_blind": blind, "quality_only": quality_pred, "shuffled_profiles": shuffled}
-    report: dict[str, Any] = {
+    report: dict[str, object] = {
         name: {
             "srocc": calculate_srcc(p, noisy),
             "per_user_srocc": _per_user_srocc(p.reshape(n_users, k), noisy.reshape(n_users, k)),
@@ -902,7 +901,7 @@ def idiosyncrasy_oracle(
     draws: int = 3,
     noise_std: float = 0.15,
     n_calibration: int = 40,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """What the few-shot protocol can reach on a task with an idiosyncratic share: the oracle rows of its table.
 
     People, images and noisy 0.5-step ratings are sampled as :func:`make_synthetic_dataset` does (nothing is

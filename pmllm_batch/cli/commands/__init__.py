@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Mapping
+from typing import NotRequired, TypedDict, cast
 
 from pmllm_batch.outputs.files import write_text_atomic
 
@@ -23,7 +24,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     """Pretty JSON on stdout (non-JSON values such as datetimes as text)."""
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
@@ -43,7 +44,22 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {words or word + 's'}"
 
 
-def summary_line(s: dict[str, Any]) -> str:
+class _SummaryCounts(TypedDict):
+    """The part of ``RunSummary.to_dict()`` that :func:`summary_line` reads."""
+
+    scanned: int
+    new: int
+    changed: int
+    skipped: int
+    failed: int
+    missing: int
+    encoded: int
+    scored: int
+    elapsed_s: float
+    moved: NotRequired[int]
+
+
+def summary_line(s: Mapping[str, object]) -> str:
     """The one-line summary of a rank or ``watch --once`` run (a :class:`RunSummary` as a dict).
 
     The parts after "scanned N files:" put each scanned file in exactly one bucket, so they add up to N: new, moved
@@ -52,8 +68,9 @@ def summary_line(s: dict[str, Any]) -> str:
     file is also new, changed or unchanged, so the count stands next to N ("scanned 108 files (3 failed): ...").
     Missing files are paths that left, not scanned ones.
     """
-    scanned, new, changed, unchanged = s["scanned"], s["new"], s["changed"], s["skipped"]
-    moved = s.get("moved", 0)
+    c = cast(_SummaryCounts, s)  # a RunSummary's dict: these keys hold its counts
+    scanned, new, changed, unchanged = c["scanned"], c["new"], c["changed"], c["skipped"]
+    moved = c.get("moved", 0)
     rest = max(0, scanned - new - changed - unchanged)  # moves whose new path this scan found, and re-checked files
     moved_here = min(moved, rest)
     parts = [f"{new} new"] + ([f"{moved_here} moved"] if moved_here else []) + [
@@ -61,6 +78,6 @@ def summary_line(s: dict[str, Any]) -> str:
     if rest > moved_here:
         parts.append(f"{rest - moved_here} re-checked")
     earlier = f", {moved - moved_here} moved (found at their new path earlier)" if moved > moved_here else ""
-    return (f"scanned {plural(scanned, 'file')} ({s['failed']} failed): {', '.join(parts)}; "
-            f"{s['missing']} missing{earlier}; vision encodes {s['encoded']}; "
-            f"scored {plural(s['scored'], '(photo, profile) pair')} in {s['elapsed_s']:.1f}s")
+    return (f"scanned {plural(scanned, 'file')} ({c['failed']} failed): {', '.join(parts)}; "
+            f"{c['missing']} missing{earlier}; vision encodes {c['encoded']}; "
+            f"scored {plural(c['scored'], '(photo, profile) pair')} in {c['elapsed_s']:.1f}s")

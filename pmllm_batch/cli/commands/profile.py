@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from pmllm_batch.config import Settings
 from pmllm_batch.db import Store
@@ -16,6 +16,25 @@ from pmllm_batch.profiles import Profile, load_profile
 from . import print_json
 
 ADDED, UPDATED, UNCHANGED = "added", "updated", "unchanged"
+
+
+class ProfileSummary(TypedDict):
+    """``profile list --json``: one stored profile."""
+
+    name: str
+    fields: dict[str, object]
+    scored: int  # photos scored for it by the current model
+    updated_at: str  # ISO 8601, UTC
+
+
+class ProfileDetail(TypedDict):
+    """``profile show --json``."""
+
+    name: str
+    fields: dict[str, object]
+    persona: str
+    persona_hash: str
+    updated_at: str  # ISO 8601, UTC
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -101,7 +120,7 @@ def add_profiles(store: Store, profiles: list[Profile], paths: list[str] | None 
     return outcomes
 
 
-def profile_summaries(store: Store) -> list[dict[str, Any]]:
+def profile_summaries(store: Store) -> list[ProfileSummary]:
     """One dict per stored profile: name, fields, scored (current model), updated_at."""
     counts = store.score_counts()
     return [
@@ -115,7 +134,7 @@ def profile_summaries(store: Store) -> list[dict[str, Any]]:
     ]
 
 
-def profile_detail(store: Store, name: str) -> dict[str, Any]:
+def profile_detail(store: Store, name: str) -> ProfileDetail:
     """Fields, persona text and its hash of one profile.
 
     Raises:
@@ -131,7 +150,7 @@ def profile_detail(store: Store, name: str) -> dict[str, Any]:
     }
 
 
-def _format_value(value: Any) -> str:
+def _format_value(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_format_value(v)}" for k, v in value.items())
     if isinstance(value, float) and value.is_integer():

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from pmllm_batch.config import Settings
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _summary_line(s: dict[str, Any]) -> str:
+def _summary_line(s: Mapping[str, object]) -> str:
     return summary_line(s)
 
 

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from pmllm_batch.config import Settings
+from pmllm_batch.contracts import PhotoStatus
 from pmllm_batch.db import Store
 from pmllm_batch.db.models import model_label
+from pmllm_batch.db.store import LibraryStatus
 from pmllm_batch.errors import DBAccessError
 
 from . import human_bytes, plural, print_json
 
 
-def format_status(status: dict[str, Any], *, verbose: bool = False) -> str:
+def format_status(status: LibraryStatus, *, verbose: bool = False) -> str:
     """Human-readable report of :meth:`Store.status`: counts first, the library's model, then one line per failed
     photo (and with ``verbose`` one per photo whose EXIF could not be read)."""
     photos = status["photos"]
     lines = [
         f"database: {status['db']}",
-        f"photos: {photos['ok']} ok, {photos['failed']} failed, {photos['missing']} missing"
-        + (f", {photos['skipped']} skipped (too small, or a RAW+JPEG pair's RAW)" if photos.get("skipped") else ""),
+        f"photos: {photos[PhotoStatus.OK]} ok, {photos[PhotoStatus.FAILED]} failed, "
+        f"{photos[PhotoStatus.MISSING]} missing"
+        + (f", {photos[PhotoStatus.SKIPPED]} skipped (too small, or a RAW+JPEG pair's RAW)"
+           if photos.get(PhotoStatus.SKIPPED) else ""),
         f"profiles: {status['profiles']}",
     ]
     current = status.get("current_model")
@@ -53,7 +56,8 @@ def format_status(status: dict[str, Any], *, verbose: bool = False) -> str:
         when = f"started {run['started_at']}"
         if run.get("finished_at"):
             when += f", finished {run['finished_at']}"
-        reason = (run.get("summary") or {}).get("reason") if run["status"] == "interrupted" else None
+        summary = run.get("summary") or {}
+        reason = summary.get("reason") if run["status"] == "interrupted" and isinstance(summary, dict) else None
         lines.append(f"last run: {run['kind']} {run['status']} ({when})" + (f": {reason}" if reason else ""))
     else:
         lines.append("last run: none")

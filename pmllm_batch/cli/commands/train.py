@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from pmllm_batch.config import Settings
 from pmllm_batch.errors import UserError
@@ -14,6 +14,16 @@ from pmllm_batch.errors import UserError
 from . import positive_int
 
 DATASETS = ("para", "lapis", "synthetic")
+
+
+class _ProgressBar(Protocol):
+    """What is used of a ``tqdm`` bar (tqdm ships no types)."""
+
+    def update(self, n: float = 1) -> object: ...
+
+    def set_postfix(self, **kwargs: object) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,12 +92,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     trainer = Trainer(model, ds, args.out, cfg)
     if not args.no_resume and trainer.resume():
         print(f"resumed at step {trainer.step}", file=sys.stderr)
-    bar: Any = None
+    bar: _ProgressBar | None = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=trainer.step, desc="train", unit="step")
     def show(step: int, loss: float) -> None:
+        assert bar is not None  # show is passed on only with a bar
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 

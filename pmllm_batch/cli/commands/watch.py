@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 import sys
-from typing import Any
+from typing import TypedDict, cast
 
 from pmllm_batch.config import Settings
 from pmllm_batch.log import get_logger
@@ -66,16 +66,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+class _WatchFlags(TypedDict, total=False):
+    """The ``[watch]`` settings given as flags (argparse's types make the seconds floats; ``--poll`` is True)."""
+
+    settle: float
+    poll: bool
+    poll_interval: float
+    reconcile_interval: float
+    idle_unload: float
+
+
 def watch_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     """``settings`` with the command's flags applied to its ``[watch]`` section (flags win over every file)."""
-    flags: dict[str, Any] = {
+    given: dict[str, float | bool | None] = {  # None: the flag was not given
         "settle": args.settle,
         "poll": args.poll,
         "poll_interval": args.poll_interval,
         "reconcile_interval": args.reconcile_interval,
         "idle_unload": args.idle_unload,
     }
-    watch = dataclasses.replace(settings.watch, **{k: v for k, v in flags.items() if v is not None})
+    flags = cast(_WatchFlags, {k: v for k, v in given.items() if v is not None})
+    watch = dataclasses.replace(settings.watch, **flags)
     return dataclasses.replace(settings, watch=watch)
 
 
