@@ -211,3 +211,30 @@ def test_item9_a_real_scan_summary_adds_up(env: CLIEnv, fake_models: None, monke
         seen.append(parts)
     assert seen[0]["new"] == 4 and seen[1]["unchanged"] == 4
     assert seen[2]["re-checked"] == 3  # the three photos are judged again against the new min_side
+
+
+def test_item6_rank_note_names_the_preset_and_follows_the_demo_flag(env: CLIEnv) -> None:
+    """The demo model's note names its preset and says what is real; the gallery reads the same stored sentence."""
+    from pmllm_batch.model.factory import model_cfg_for
+    from pmllm_batch.model.presets import demo_note
+
+    lib = env.root / "library"
+    make_photo(lib / "a.jpg", seed=1)
+    make_photo(lib / "b.jpg", seed=2)
+    code, _, err = env.run_cli("profile", "add", str(env.write_profile("ana", age=30)))
+    assert code == 0, err
+    code, out, err = env.run_cli("rank", str(lib))
+    assert code == 0, err
+    cfg, _ = model_cfg_for("demo", "none")
+    note = demo_note(cfg)
+    assert note == ("demo: a tiny model trained on a synthetic task — scores show the mechanism, not anyone's real "
+                    "taste.")
+    assert f"note: {note}" in out.splitlines()
+    with Store(env.db_url) as store:
+        current = store.current_model()
+    assert current is not None and current["demo"] and current["note"] == note
+    smol, _ = model_cfg_for("smol", "none")
+    assert demo_note(smol) == ("smol: a real LLM (SmolLM2-135M-Instruct) with an adapter trained on a synthetic "
+                               "task — scores show the mechanism, not anyone's real taste.")
+    cpu, _ = model_cfg_for("cpu", "none")
+    assert demo_note(cpu) is None  # a model whose config is not a demo gets no note
