@@ -185,9 +185,12 @@ def test_rating_we_wrote_is_ignored(tmp_path: Path) -> None:
 
 
 def test_our_namespace_matches_the_sidecar_writer() -> None:
+    from pmllm_batch import xmp_engine
     from pmllm_batch.outputs import xmp as outputs_xmp
 
-    assert (ratings_xmp.NS_URI, ratings_xmp.NS_PREFIX) == (outputs_xmp.NS_URI, outputs_xmp.NS_PREFIX)
+    # one engine, one namespace: the reader and the writer both take it from pmllm_batch.xmp_engine
+    assert (ratings_xmp.NS_URI, ratings_xmp.NS_PREFIX) == (xmp_engine.NS_URI, xmp_engine.NS_PREFIX)
+    assert outputs_xmp.exiv2_module is ratings_xmp.exiv2_module is xmp_engine.exiv2_module
     assert ratings_xmp.K_WRITTEN == outputs_xmp.K_LAST_RATING
 
 

@@ -9,7 +9,7 @@ written into each sidecar (``photo.jpg.xmp`` with ``append`` naming, ``photo.xmp
   darktable, digiKam);
 * ``digiKam:TagsList``: ``pmllm/<profile>/<n> stars`` (digiKam);
 * ``dc:subject``: ``pmllm: <profile> <n> stars`` (flat keywords, every XMP reader);
-* our namespace ``pmllm`` (:data:`NS_URI`): ``pmllm:scores`` (Seq of {profile, score, rank, stars}),
+* our namespace ``pmllm`` (``xmp_engine.NS_URI``): ``pmllm:scores`` (Seq of {profile, score, rank, stars}),
   ``pmllm:modelFingerprint``, ``pmllm:writtenRating`` (the last ``xmp:Rating`` we wrote), ``pmllm:ratingProfile``
   (whose stars that was), ``pmllm:writtenKeywords`` (the flat keywords we wrote, removed again on the next run).
 
@@ -36,13 +36,10 @@ import logging
 import os
 import re
 import stat
-import threading
 import xml.parsers.expat
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 from pmllm_batch.db import Store
@@ -51,14 +48,13 @@ from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.files import replace_file_bytes
 from pmllm_batch.outputs.scope import Scope, resolve_scopes
 from pmllm_batch.outputs.stars import star_label, stars_by_hash
+from pmllm_batch.xmp_engine import NS_PREFIX, captured_exiv2_messages, exiv2_module
 
 if TYPE_CHECKING:
     from pmllm_batch.config import Settings
 
 log = get_logger("outputs.xmp")
 
-NS_URI = "http://ns.pmllm-batch.org/xmp/1.0/"  # an identifier, not a web page
-NS_PREFIX = "pmllm"
 KEYWORD_ROOT = "pmllm"
 FLAT_PREFIX = "pmllm: "
 NAMINGS = ("append", "replace")
@@ -309,51 +305,6 @@ class _XmpData(Protocol):
     def add(self, *args: object) -> object: ...
 
 
-_engine_lock = threading.Lock()
-_messages_lock = threading.Lock()  # one capture at a time: the "exiv2" logger is process-wide
-_engine_ready = False
-
-
-class _Exiv2Messages(logging.Handler):
-    """Collects libexiv2's messages (python-exiv2 logs them to the "exiv2" logger) while a sidecar is parsed."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append((record.levelno, record.getMessage()))
-
-
-def _exiv2() -> ModuleType:
-    """The ``exiv2`` module, with the XMP toolkit initialised and our namespace registered (once per process)."""
-    global _engine_ready
-    import exiv2  # python-exiv2 (PyPI "exiv2"); its wheel ships libexiv2
-
-    if not _engine_ready:
-        with _engine_lock:
-            if not _engine_ready:
-                exiv2.XmpParser.initialize()
-                exiv2.XmpProperties.registerNs(NS_URI, NS_PREFIX)
-                _engine_ready = True
-    return exiv2
-
-
-@contextmanager
-def _captured_exiv2_messages() -> Iterator[_Exiv2Messages]:
-    # libexiv2 reports a packet it cannot decode only as a log message (and returns no properties); capture them
-    # instead of letting them reach the user's terminal, and let the caller decide.
-    logger = logging.getLogger("exiv2")
-    handler = _Exiv2Messages()
-    with _messages_lock:
-        propagate = logger.propagate
-        logger.addHandler(handler)
-        logger.propagate = False
-        try:
-            yield handler
-        finally:
-            logger.removeHandler(handler)
-            logger.propagate = propagate
 
 
 def parse_sidecar(data: bytes) -> _XmpData:
@@ -362,13 +313,13 @@ def parse_sidecar(data: bytes) -> _XmpData:
     Raises:
         SidecarFormatError: Not well-formed XML, not an XMP packet, or XMP the toolkit cannot decode.
     """
-    exiv2 = _exiv2()
+    exiv2 = exiv2_module()
     parser = xml.parsers.expat.ParserCreate()
     try:
         parser.Parse(data, True)
     except xml.parsers.expat.ExpatError as exc:
         raise SidecarFormatError(f"not well-formed XML ({exc})") from None
-    with _captured_exiv2_messages() as messages:
+    with captured_exiv2_messages() as messages:
         try:
             image = exiv2.ImageFactory.open(data)
             if image.imageType() != exiv2.ImageType.xmp:
@@ -388,7 +339,7 @@ def parse_sidecar(data: bytes) -> _XmpData:
 
 def serialize_sidecar(xmp: _XmpData) -> bytes:
     """``exiv2.XmpData`` as sidecar bytes, exactly as libexiv2 writes a ``.xmp`` file."""
-    exiv2 = _exiv2()
+    exiv2 = exiv2_module()
     image = exiv2.ImageFactory.create(exiv2.ImageType.xmp)
     image.setXmpData(xmp)
     image.writeMetadata()
@@ -408,7 +359,7 @@ def _snapshot(xmp: _XmpData) -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 def _find(xmp: _XmpData, key: str) -> _XmpDatum | None:
-    exiv2 = _exiv2()
+    exiv2 = exiv2_module()
     it = xmp.findKey(exiv2.XmpKey(key))
     return None if it == xmp.end() else it
 
@@ -421,7 +372,7 @@ def _erase(xmp: _XmpData, keys: Iterable[str]) -> None:
 
 
 def _set_array(xmp: _XmpData, key: str, items: Sequence[str], type_name: str) -> None:
-    exiv2 = _exiv2()
+    exiv2 = exiv2_module()
     _erase(xmp, [key])
     if not items:
         return
@@ -501,7 +452,7 @@ def merge_sidecar(
     Raises:
         SidecarFormatError: ``existing`` is not XMP.
     """
-    exiv2 = _exiv2()
+    exiv2 = exiv2_module()
     xmp: _XmpData = parse_sidecar(existing) if existing is not None else exiv2.XmpData()
     before = _snapshot(xmp)
     marked_before = _marked_profiles(xmp)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import xml.parsers.expat
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol
 
 from pmllm_batch.log import get_logger
 from pmllm_batch.ratings.model import Rating, ReadResult
+from pmllm_batch.xmp_engine import NS_PREFIX, NS_URI, captured_exiv2_messages, exiv2_module
 
 __all__ = [
     "DARKTABLE_DEFAULT",
@@ -32,10 +30,7 @@ __all__ = [
 
 log = get_logger("ratings.xmp")
 
-# Our namespace: must equal pmllm_batch.outputs.xmp.NS_URI / NS_PREFIX (that module is a layer above; the tests
-# check that the two agree).
-NS_URI = "http://ns.pmllm-batch.org/xmp/1.0/"
-NS_PREFIX = "pmllm"
+# Our namespace (NS_URI, NS_PREFIX) and the exiv2 engine come from pmllm_batch.xmp_engine, shared with the writer.
 
 K_RATING = "Xmp.xmp.Rating"
 K_WRITTEN = f"Xmp.{NS_PREFIX}.writtenRating"  # the last xmp:Rating we wrote (outputs.xmp)
@@ -71,47 +66,6 @@ class XmpVerdict:
 # The exiv2 engine (the same library and calls as pmllm_batch.outputs.xmp, which this layer may not import)
 # ---------------------------------------------------------------------------------------------------------------------
 
-_engine_lock = threading.Lock()
-_messages_lock = threading.Lock()
-_engine_ready = False
-
-
-class _Exiv2Messages(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append((record.levelno, record.getMessage()))
-
-
-def _exiv2() -> ModuleType:
-    global _engine_ready
-    import exiv2  # python-exiv2 (PyPI "exiv2"); its wheel ships libexiv2
-
-    if not _engine_ready:
-        with _engine_lock:
-            if not _engine_ready:
-                exiv2.XmpParser.initialize()
-                exiv2.XmpProperties.registerNs(NS_URI, NS_PREFIX)
-                _engine_ready = True
-    return exiv2
-
-
-@contextmanager
-def _captured_exiv2_messages() -> Iterator[_Exiv2Messages]:
-    # libexiv2 reports an undecodable packet only as a log message (python-exiv2 logs to the "exiv2" logger).
-    logger = logging.getLogger("exiv2")
-    handler = _Exiv2Messages()
-    with _messages_lock:
-        propagate = logger.propagate
-        logger.addHandler(handler)
-        logger.propagate = False
-        try:
-            yield handler
-        finally:
-            logger.removeHandler(handler)
-            logger.propagate = propagate
 
 
 class _XmpDatum(Protocol):
@@ -141,13 +95,13 @@ def parse_xmp(data: bytes) -> dict[str, str]:
     Raises:
         XmpFormatError: Not well-formed XML, not an XMP packet, or XMP the toolkit cannot decode.
     """
-    exiv2 = _exiv2()
+    exiv2 = exiv2_module()
     parser = xml.parsers.expat.ParserCreate()
     try:
         parser.Parse(data, True)
     except xml.parsers.expat.ExpatError as exc:
         raise XmpFormatError(f"not well-formed XML ({exc})") from None
-    with _captured_exiv2_messages() as messages:
+    with captured_exiv2_messages() as messages:
         try:
             image = exiv2.ImageFactory.open(data)
             if image.imageType() != exiv2.ImageType.xmp:
@@ -173,8 +127,8 @@ def _read_embedded(photo: Path) -> dict[str, str]:
     Raises:
         _PhotoUnreadable: exiv2 cannot read the file's metadata (unknown type, corrupt file, I/O error).
     """
-    exiv2 = _exiv2()
-    with _captured_exiv2_messages() as messages:
+    exiv2 = exiv2_module()
+    with captured_exiv2_messages() as messages:
         try:
             image = exiv2.ImageFactory.open(str(photo))
             image.readMetadata()
