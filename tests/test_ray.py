@@ -30,7 +30,7 @@ from pmllm_batch.scan.discover import FileEntry
 from tests.helpers import CLIEnv, isolated_env
 from tests.imagegen import make_bad_files, make_photo_folder
 from tests.test_postgres import PostgresServer, pg_server, photos, query  # noqa: F401 - pg_server is a fixture
-from tests.test_smol import needs_smol, smol_cache, smol_gguf  # noqa: F401 - smol_cache, smol_gguf are fixtures
+from tests.test_smol import needs_smol  # smol_cache and smol_gguf are session fixtures in conftest
 
 try:
     import ray
@@ -87,7 +87,7 @@ def phantoms(lib: Path) -> Iterator[dict[str, str]]:
     """Work items a worker cannot read, added to the plan of both engines: a file that vanished after the walk and a
     folder (``open`` fails). Yields path -> the failure reason it must become."""
     from pmllm_batch.scan import plan as plan_module
-    from pmllm_batch.scorer import batch, ray_engine
+    from pmllm_batch.scorer import stages
 
     gone = lib / "vanished.jpg"
     folder = lib / "folder.jpg"
@@ -103,8 +103,7 @@ def phantoms(lib: Path) -> Iterator[dict[str, str]]:
         return plan
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(batch, "plan_scan", plan_scan)
-        mp.setattr(ray_engine, "plan_scan", plan_scan)
+        mp.setattr(stages, "plan_scan", plan_scan)  # both engines plan through stages.plan
         yield {str(gone): "vanished", str(folder): "unreadable"}
     shutil.rmtree(folder)
 
@@ -208,7 +207,7 @@ def test_a_second_ray_run_does_nothing_and_a_new_profile_is_scored_from_the_cach
 @pytest.mark.slow  # the GGUF conversion and four SmolLM2 loads on two cores: minutes
 @pytest.mark.integration
 def test_smol_through_ray_gives_the_local_scores(
-    env: CLIEnv, ray_session: None, smol_cache: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    env: CLIEnv, ray_session: None, smol_cache: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch,
     example_photos: list[Path],
 ) -> None:
     cache = env.root / "cache"  # SmolLM2 as the first smol run converts it (made once per session), the shared tower

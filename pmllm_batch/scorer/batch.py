@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pmllm_batch.config import Settings
-from pmllm_batch.contracts import PhotoStatus, SkipReason
 from pmllm_batch.db.records import ProfileRow
 from pmllm_batch.db.store import Store
 from pmllm_batch.errors import ProfileError, UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.scan.discover import FileEntry
-from pmllm_batch.scan.plan import PathFilter, plan_scan
+from pmllm_batch.scan.plan import PathFilter
 from pmllm_batch.scan.raw import is_raw
 from pmllm_batch.scorer import stages
 from pmllm_batch.scorer.known import KnownModel, ModelRegistry, model_recipe
@@ -83,9 +82,9 @@ class LibraryScorer:
 
     def work(self) -> AbstractContextManager[bool]:
         """The library's work lock (reentrant): yields False when a stop was requested while waiting for it."""
-        return self.store.work_lock(should_stop=self.should_stop, on_wait=self._say_waiting)
+        return self.store.work_lock(should_stop=self.should_stop, on_wait=self.say_waiting)
 
-    def _say_waiting(self) -> None:
+    def say_waiting(self) -> None:
         try:
             others = self.store.others_running()
         except UserError:
@@ -108,7 +107,7 @@ class LibraryScorer:
         roots_abs = [Path(os.path.abspath(os.path.expanduser(str(r)))) for r in roots]
         for r in roots_abs:
             check_folder(r)
-        profiles = self._select_profiles(profile_names)
+        profiles = self.select_profiles(profile_names)
         summary = RunSummary(profiles=len(profiles))
         run_id = self.store.start_run("rank", {"roots": [str(r) for r in roots_abs], "profiles": profile_names})
         status = "ok"
@@ -154,61 +153,14 @@ class LibraryScorer:
 
     def _sync(self, roots: Sequence[Path], summary: RunSummary, paths: Iterable[Path] | None,
               settle_s: float | None) -> list[Path]:
-        index = self.store.photo_index([str(r) for r in roots])
         cutoff = None if settle_s is None else time.time_ns() - int(float(settle_s) * 1e9)
-        plan = plan_scan(roots, index, self.settings.scan, paths=paths, settle_cutoff_ns=cutoff)
-        summary.scanned += len(plan.entries)
-        summary.new += plan.new
-        summary.changed += plan.changed
-        summary.skipped += plan.unchanged
-        arrived = [str(e.path) for e in plan.todo
-                   if (rec := index.get(str(e.path))) is None or rec.status == PhotoStatus.MISSING]
+        plan, index, arrived = stages.plan(self.store, roots, self.settings.scan, summary, paths, cutoff)
         # RAW files last: whether one is the twin of a JPEG depends on how that JPEG's row turned out.
         written = self._process([e for e in plan.todo if not is_raw(e.path)], summary)
         written.update(self._process([e for e in plan.todo if is_raw(e.path)], summary))
-        # After the new files are written, so a path that left and one that arrived with the same content are
-        # recognised as one move (scores kept, no "new" and no "missing"), also when the departure has not been
-        # reported yet (the two halves of a move in different event batches).
-        gone = list(plan.gone) + self._departed(roots, arrived, written, set(plan.gone))
-        missing, moved, moved_in = self.store.resolve_gone(gone, arrived)
-        summary.missing += missing
-        summary.moved += moved
-        summary.new -= moved_in
-        if paths is None and index and any(rec.status == PhotoStatus.MISSING for rec in index.values()):
-            self.store.forget_moved_missing([str(r) for r in roots])  # a full scan also tidies older moves
-        self._tally_unranked(roots, {str(e.path) for e in plan.entries}, summary)
+        stages.settle(self.store, roots, plan, index, arrived, written, summary, full_scan=paths is None)
         self._group()
         return plan.settling
-
-    def _tally_unranked(self, roots: Sequence[Path], scanned: set[str], summary: RunSummary) -> None:
-        """Failures under these roots (this run's and earlier ones) with their reasons, and the skipped counts."""
-        index = self.store.photo_index([str(r) for r in roots],
-                                       statuses=(PhotoStatus.FAILED, PhotoStatus.SKIPPED))
-        fails = [r for p, r in index.items() if p in scanned and r.status == PhotoStatus.FAILED]
-        summary.failed += len(fails)
-        summary.failures.extend(
-            {"path": r.path, "reason": r.error_reason or "", "message": r.error_message or ""} for r in fails
-        )
-        skipped = [r.error_reason for p, r in index.items() if p in scanned and r.status == PhotoStatus.SKIPPED]
-        summary.too_small += skipped.count(SkipReason.TOO_SMALL)
-        summary.raw_pairs += skipped.count(SkipReason.RAW_PAIR)
-        summary.blank += skipped.count(SkipReason.BLANK)
-
-    def _departed(self, roots: Sequence[Path], arrived: list[str], written: dict[str, str],
-                  gone: set[str]) -> list[str]:
-        """Stored ok paths under ``roots`` with the content of an arrived file, no longer on disk: moved away."""
-        arrived_set = set(arrived)
-        hashes = sorted({written[p] for p in arrived if p in written})
-        if not hashes:
-            return []
-        out = []
-        for paths in self.store.photos_by_hash(hashes).values():
-            for path in paths:
-                if path in arrived_set or path in gone or os.path.lexists(path):
-                    continue
-                if any(Path(path).is_relative_to(r) for r in roots):
-                    out.append(path)
-        return out
 
     def _group(self) -> None:
         """Pool and link what is new: bursts and near-duplicates (:mod:`pmllm_batch.scorer.linking`)."""
@@ -236,7 +188,7 @@ class LibraryScorer:
                 self.scoring.score_missing(profiles, summary)
                 self._group()  # photos whose features were encoded only now (their cache entry was gone)
 
-    def _select_profiles(self, names: Sequence[str] | None) -> list[ProfileRow]:
+    def select_profiles(self, names: Sequence[str] | None) -> list[ProfileRow]:
         if names:
             return [self.store.get_profile(n) for n in names]
         profiles = self.store.list_profiles()

@@ -45,7 +45,6 @@ from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.profiles import Profile
 from pmllm_batch.scan.discover import FileEntry
-from pmllm_batch.scan.plan import plan_scan
 from pmllm_batch.scan.raw import is_raw
 from pmllm_batch.scorer import stages
 from pmllm_batch.scorer.batch import LibraryScorer, check_folder
@@ -492,7 +491,7 @@ class RayScorer:
         roots_abs = [Path(os.path.abspath(os.path.expanduser(str(r)))) for r in roots]
         for r in roots_abs:
             check_folder(r)
-        profiles = self.local._select_profiles(profile_names)
+        profiles = self.local.select_profiles(profile_names)
         summary = RunSummary(profiles=len(profiles))
         run_id = self.store.start_run("rank", {"roots": [str(r) for r in roots_abs], "profiles": profile_names,
                                                "engine": "ray"})
@@ -500,7 +499,7 @@ class RayScorer:
         progress = _Progress(self.store)
         connected_before = self._started_ray  # a caller that connected first closes too
         try:
-            with self.store.work_lock(on_wait=self.local._say_waiting) as held:
+            with self.store.work_lock(on_wait=self.local.say_waiting) as held:
                 if held:
                     self._run(roots_abs, profiles, summary, progress)
         except KeyboardInterrupt:
@@ -520,14 +519,7 @@ class RayScorer:
         return ModelRegistry(self.store, ModelCache(self.settings), self.recipe).known()
 
     def _run(self, roots: list[Path], profiles: list[ProfileRow], summary: RunSummary, progress: _Progress) -> None:
-        index = self.store.photo_index([str(r) for r in roots])
-        plan = plan_scan(roots, index, self.settings.scan)
-        summary.scanned += len(plan.entries)
-        summary.new += plan.new
-        summary.changed += plan.changed
-        summary.skipped += plan.unchanged
-        arrived = [str(e.path) for e in plan.todo
-                   if (rec := index.get(str(e.path))) is None or rec.status == PhotoStatus.MISSING]
+        plan, index, arrived = stages.plan(self.store, roots, self.settings.scan, summary)
         known = self._known()
         progress.start(known, profiles)
         files = [e for e in plan.todo if not is_raw(e.path)]
@@ -540,14 +532,7 @@ class RayScorer:
             written.update(result.written)
             if raws:
                 written.update(self.process(raws, [], profiles, summary).written)
-        gone = list(plan.gone) + self.local._departed(roots, arrived, written, set(plan.gone))
-        missing, moved, moved_in = self.store.resolve_gone(gone, arrived)
-        summary.missing += missing
-        summary.moved += moved
-        summary.new -= moved_in
-        if index and any(rec.status == PhotoStatus.MISSING for rec in index.values()):
-            self.store.forget_moved_missing([str(r) for r in roots])
-        self.local._tally_unranked(roots, {str(e.path) for e in plan.entries}, summary)
+        stages.settle(self.store, roots, plan, index, arrived, written, summary, full_scan=True)
         model = self._known()
         if model is not None:
             if self.store.ok_hashes():

@@ -13,6 +13,7 @@ Stages never read the clock or print; counts go back to the caller in their retu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,10 @@ from pmllm_batch.preprocess_cfg import PreprocessCfg
 from pmllm_batch.profiles import Profile
 from pmllm_batch.scan.decode import DecodeError, decode_photo
 from pmllm_batch.scan.discover import FileEntry, content_hash
+from pmllm_batch.scan.plan import ScanPlan, plan_scan
 from pmllm_batch.scan.raw import is_raw, jpeg_twin
 from pmllm_batch.scan.skip import blank, raw_pair_message, too_small
+from pmllm_batch.scorer.summary import RunSummary
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +41,8 @@ log = get_logger("scorer")
 
 __all__ = [
     "Prepared",
+    "plan",
+    "settle",
     "ReadBatch",
     "ScoreRow",
     "as_cached",
@@ -89,6 +94,75 @@ class ReadBatch:
         return {p.record.path: p.record.content_hash for p in self.prepared
                 if p.record.status == PhotoStatus.OK and p.record.content_hash}
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# plan and settle: what to read, and what the reads mean for moves, losses and the counts
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def plan(store: Store, roots: Sequence[Path], scan: ScanSettings, summary: RunSummary,
+         paths: Iterable[Path] | None = None, settle_cutoff_ns: int | None = None
+         ) -> tuple[ScanPlan, dict[str, PhotoRecord], list[str]]:
+    """The plan stage against the photo index (counts into ``summary``): the plan, the index it was made against, and
+    the paths that arrived (new, or back after being missing). Every engine plans here."""
+    index = store.photo_index([str(r) for r in roots])
+    plan = plan_scan(roots, index, scan, paths=paths, settle_cutoff_ns=settle_cutoff_ns)
+    summary.scanned += len(plan.entries)
+    summary.new += plan.new
+    summary.changed += plan.changed
+    summary.skipped += plan.unchanged
+    arrived = [str(e.path) for e in plan.todo
+               if (rec := index.get(str(e.path))) is None or rec.status == PhotoStatus.MISSING]
+    return plan, index, arrived
+
+
+def settle(store: Store, roots: Sequence[Path], plan: ScanPlan, index: dict[str, PhotoRecord], arrived: list[str],
+           written: dict[str, str], summary: RunSummary, *, full_scan: bool) -> None:
+    """After the planned files are written (``written``: path -> content hash of the ok ones): moves and losses,
+    older moves tidied on a full scan, and this scan's failures and skips tallied. Every engine settles here.
+
+    After the writes, so a path that left and one that arrived with the same content are recognised as one move
+    (scores kept, no "new" and no "missing"), also when the departure has not been reported yet (the two halves
+    of a move in different event batches).
+    """
+    gone = list(plan.gone) + _departed(store, roots, arrived, written, set(plan.gone))
+    missing, moved, moved_in = store.resolve_gone(gone, arrived)
+    summary.missing += missing
+    summary.moved += moved
+    summary.new -= moved_in
+    if full_scan and index and any(rec.status == PhotoStatus.MISSING for rec in index.values()):
+        store.forget_moved_missing([str(r) for r in roots])  # a full scan also tidies older moves
+    _tally_unranked(store, roots, {str(e.path) for e in plan.entries}, summary)
+
+def _tally_unranked(store: Store, roots: Sequence[Path], scanned: set[str], summary: RunSummary) -> None:
+    """Failures under these roots (this run's and earlier ones) with their reasons, and the skipped counts."""
+    index = store.photo_index([str(r) for r in roots],
+                                   statuses=(PhotoStatus.FAILED, PhotoStatus.SKIPPED))
+    fails = [r for p, r in index.items() if p in scanned and r.status == PhotoStatus.FAILED]
+    summary.failed += len(fails)
+    summary.failures.extend(
+        {"path": r.path, "reason": r.error_reason or "", "message": r.error_message or ""} for r in fails
+    )
+    skipped = [r.error_reason for p, r in index.items() if p in scanned and r.status == PhotoStatus.SKIPPED]
+    summary.too_small += skipped.count(SkipReason.TOO_SMALL)
+    summary.raw_pairs += skipped.count(SkipReason.RAW_PAIR)
+    summary.blank += skipped.count(SkipReason.BLANK)
+
+def _departed(store: Store, roots: Sequence[Path], arrived: list[str], written: dict[str, str],
+              gone: set[str]) -> list[str]:
+    """Stored ok paths under ``roots`` with the content of an arrived file, no longer on disk: moved away."""
+    arrived_set = set(arrived)
+    hashes = sorted({written[p] for p in arrived if p in written})
+    if not hashes:
+        return []
+    out = []
+    for paths in store.photos_by_hash(hashes).values():
+        for path in paths:
+            if path in arrived_set or path in gone or os.path.lexists(path):
+                continue
+            if any(Path(path).is_relative_to(r) for r in roots):
+                out.append(path)
+    return out
 
 # ----------------------------------------------------------------------------------------------------------------------
 # read: hash, RAW twins, decode, preprocess
