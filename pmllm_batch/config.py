@@ -216,6 +216,23 @@ class EngineSettings:
     score_batch_size: int = field(default=0, metadata=_minimum(0))  # photos per scoring call; 0 = [score] batch_size
 
 
+@dataclass(frozen=True)
+class LearnSettings:
+    """[learn]: each person's ranking learns from their own stars (``pmllm-batch rate``; pmllm_batch/learn/).
+
+    With no ratings a ranking is exactly the zero-shot (profile-only) one. ``lam`` is the prior strength of the
+    residual ridge (how many ratings the profile is worth, roughly): 30 is what ``eval --shots`` calibrated for the
+    shipped demo adapter (pmllm_batch/train/fewshot.py); ``rank --zero-shot`` shows the profile-only ranking.
+    """
+
+    enabled: bool = True  # rankings, albums, stars and the gallery use each person's ratings
+    # whose ratings a changed sidecar under a watched root is (the daemon); "" = [xmp] profile, if set
+    xmp_profile: str = ""
+    method: str = field(default="residual", metadata=_choices("residual", "stars_only", "kernel"))
+    lam: float = field(default=30.0, metadata=_minimum(1e-6))  # prior strength of the correction
+    dim: int = field(default=64, metadata=_minimum(1))  # at most this many feature dimensions (PCA)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "vision": VisionSettings,
@@ -228,6 +245,7 @@ SECTIONS: dict[str, type] = {
     "report": ReportSettings,
     "group": GroupSettings,
     "engine": EngineSettings,
+    "learn": LearnSettings,
 }
 
 
@@ -246,6 +264,7 @@ class Settings:
     report: ReportSettings = field(default_factory=ReportSettings)
     group: GroupSettings = field(default_factory=GroupSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    learn: LearnSettings = field(default_factory=LearnSettings)
     # HOME / XDG_* as seen by load_config, so the path helpers agree with the lookup; None = os.environ.
     environ: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 

@@ -278,6 +278,7 @@ def test_a_version_4_visual_tokens_table_becomes_the_features_table_on_postgres(
     from sqlalchemy import create_engine, inspect, text
 
     from pmllm_batch.db import Store
+    from pmllm_batch.db import schema as db_schema
 
     with Store(pg) as store:
         store.put_features({"ha": np.ones((2, 3), np.float32), "hb": np.zeros((4, 3), np.float32)}, "v")
@@ -297,7 +298,7 @@ def test_a_version_4_visual_tokens_table_becomes_the_features_table_on_postgres(
             conn.execute(text("UPDATE meta SET value = '4' WHERE key = 'schema_version'"))
             before = sorted(conn.execute(text("SELECT * FROM visual_tokens")).all())
         with Store(pg) as upgraded:
-            assert upgraded.schema_version() == 5
+            assert upgraded.schema_version() == db_schema.latest_version() == 6
             assert upgraded.check()[0] == []
         with engine.connect() as conn:
             assert sorted(conn.execute(text("SELECT * FROM features")).all()) == before and len(before) == 2

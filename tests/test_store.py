@@ -374,7 +374,7 @@ def test_a_version_4_visual_tokens_table_becomes_the_features_table_with_its_row
     con.close()
     assert len(before) == 4
     with Store(f"sqlite:///{db_path}") as upgraded:
-        assert upgraded.schema_version() == db_schema.latest_version() == 5
+        assert upgraded.schema_version() == db_schema.latest_version() == 6
     # every column of every row kept (the LRU times too), under the same table and index names a new database has
     con = sqlite3.connect(db_path)
     try:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from pmllm_batch.db import meta, scores
 from pmllm_batch.db.records import ProfileRow
-from pmllm_batch.db.schema import META_PROFILES_VERSION, ProfileModel, utcnow
+from pmllm_batch.db.schema import META_PROFILES_VERSION, PersonRating, ProfileModel, TasteRow, utcnow
 from pmllm_batch.errors import ProfileError
 from pmllm_batch.profiles import Profile, did_you_mean
 
@@ -134,6 +134,8 @@ def remove(s: Session, name: str) -> None:
     row = find(s, name)
     # Explicit, so backends without enforced foreign keys lose the scores too.
     scores.forget_profile(s, row.id)
+    for table in (PersonRating, TasteRow):  # their ratings and learned tastes
+        s.execute(delete(table).where(table.profile_id == row.id))
     meta.delete_value(s, _source_key(row.id))
     s.execute(delete(ProfileModel).where(ProfileModel.id == row.id))
     _bump_version(s)

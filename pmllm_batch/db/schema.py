@@ -255,6 +255,46 @@ class GroupState(Base):
     center_n: Mapped[int] = mapped_column(Integer, default=0)  # embeddings that centre was taken from
 
 
+class PersonRating(Base):
+    """A person's own verdict on one photo's content: 1..5 stars or -1 (rejected), with where it came from.
+
+    Keyed by content hash, so a moved or renamed photo keeps its rating. ``source`` is one of
+    :data:`pmllm_batch.ratings.SOURCES` (``cli``, ``csv``, ``xmp-sidecar``, ``xmp-embedded``, ``darktable``, ``digikam``);
+    ``detail`` says which file or database it was read from. A rating of 0 ("clear") deletes the row.
+    """
+
+    __tablename__ = "ratings"
+    __table_args__ = (
+        UniqueConstraint("content_hash", "profile_id", name="uq_ratings_hash_profile"),
+        Index("ix_ratings_profile", "profile_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(128))
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id", ondelete="CASCADE"))
+    stars: Mapped[int] = mapped_column(Integer)  # -1 rejected, 1..5
+    source: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)  # the sidecar, CSV line or database it came from
+    rated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TasteRow(Base):
+    """One person's learned taste (:class:`pmllm_batch.learn.TasteState` as JSON) for one model.
+
+    Versioned by the model (its row, whose fingerprint the state also names) and by ``ratings_digest``, a digest of
+    the ratings and photos it was fitted on: a state whose digest no longer matches is fitted again.
+    """
+
+    __tablename__ = "tastes"
+
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    ratings_digest: Mapped[str] = mapped_column(String(64))
+    n_ratings: Mapped[int] = mapped_column(Integer)  # ratings it learned from
+    state_json: Mapped[str] = mapped_column(Text)
+    fitted_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Migrations
 # ---------------------------------------------------------------------------------------------------------------------
@@ -343,12 +383,18 @@ def _rename_visual_tokens_to_features(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {new} RENAME CONSTRAINT {old}_pkey TO {new}_pkey"))
 
 
+def _create_rating_tables(conn: Connection) -> None:
+    # A person's own stars and their learned taste; create_all skips tables that exist.
+    Base.metadata.create_all(conn, tables=[PersonRating.__table__, TasteRow.__table__])  # type: ignore[list-item]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_create_tables", _create_tables),
     Migration(2, "0002_run_owner", _add_run_owner),
     Migration(3, "0003_photo_groups", _create_group_tables),
     Migration(4, "0004_visual_cache_budget", _add_visual_cache_lru),
     Migration(5, "0005_features_table", _rename_visual_tokens_to_features),
+    Migration(6, "0006_ratings", _create_rating_tables),
 ]
 
 

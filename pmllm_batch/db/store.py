@@ -26,6 +26,7 @@ from pmllm_batch.db.engine import Database
 from pmllm_batch.db.forget import ForgetCounts
 from pmllm_batch.db.links import LinkStore
 from pmllm_batch.db.profiles import persona_digest
+from pmllm_batch.db.ratings import RatingStore
 from pmllm_batch.db.records import (
     ExifWarning,
     FailedPhoto,
@@ -81,7 +82,7 @@ class LibraryStatus(TypedDict):
     check: NotRequired[StatusCheck]
 
 
-class Store(LinkStore):  # LinkStore: bursts, near-duplicates, RAW twins (pmllm_batch.db.links)
+class Store(LinkStore, RatingStore):  # bursts, near-duplicates, RAW twins (db.links); ratings, tastes (db.ratings)
     """The library database. Open one per process (or per command); it is safe to share between threads.
 
     Args:
