@@ -259,8 +259,8 @@ class PersonRating(Base):
     """A person's own verdict on one photo's content: 1..5 stars or -1 (rejected), with where it came from.
 
     Keyed by content hash, so a moved or renamed photo keeps its rating. ``source`` is one of
-    :data:`pmllm_batch.ratings.SOURCES` (``cli``, ``csv``, ``xmp-sidecar``, ``xmp-embedded``, ``darktable``, ``digikam``);
-    ``detail`` says which file or database it was read from. A rating of 0 ("clear") deletes the row.
+    :data:`pmllm_batch.ratings.SOURCES` (``cli``, ``csv``, ``xmp-sidecar``, ``xmp-embedded``, ``darktable``,
+    ``digikam``); ``detail`` says which file or database it was read from. A rating of 0 ("clear") deletes the row.
     """
 
     __tablename__ = "ratings"

@@ -2,8 +2,9 @@
 
 The readers (:mod:`pmllm_batch.ratings`) name photos by path; the library keys verdicts by content hash, so a rating
 follows its photo through moves and renames and covers every exact copy. A photo the library has a row for takes
-that row's hash; a photo not ranked yet is hashed from disk (its rating waits there until it is ranked); a photo
-that is neither is skipped with a reason. ``rate`` and the daemon both call :func:`store_ratings`.
+that row's hash, except for a verdict embedded in the photo file (writing it changed the content: hashed from disk);
+a photo the library has no row for is hashed from disk (its rating waits until the photo is ranked); a photo that is
+neither is skipped with a reason. ``rate`` and the daemon both call :func:`store_ratings`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pmllm_batch.scorer.stages import safe_hash
 
 __all__ = ["RateReport", "library_paths", "store_ratings"]
 
+# Sources whose verdict was written into the photo file itself: hashed from disk, never taken from the library row.
+REWRITTEN_SOURCES = frozenset({"xmp-embedded"})
+
 
 @dataclass
 class RateReport:
@@ -26,7 +30,7 @@ class RateReport:
 
     counts: RateCounts
     read: ReadResult  # the reader's own skipped / unrated / notes
-    not_ranked_yet: int = 0  # stored for photos the library has no row for yet (hashed from disk)
+    not_ranked_yet: int = 0  # stored for content no ok photo of the library has yet (it counts once ranked)
     skipped: list[Skipped] = field(default_factory=list)  # the reader's skips and the photos that could not be hashed
 
 
@@ -50,14 +54,19 @@ def store_ratings(store: Store, profile: str, result: ReadResult) -> RateReport:
     items: list[RatingInput] = []
     for rating in result.ratings:
         given, real = paths[rating.path]
-        h = known.get(given) or known.get(real)
+        # An app that rates into the photo itself (embedded XMP) changed its content since the library hashed it:
+        # the verdict belongs to the content on disk, which the next rank finds as a changed file.
+        h = None if rating.source in REWRITTEN_SOURCES else known.get(given) or known.get(real)
         if h is None:
             h = safe_hash(Path(real))
             if h is None:
                 report.skipped.append(Skipped(path=rating.path, reason="photo_missing",
                                               message="the photo is neither in the library nor readable on disk"))
                 continue
-            report.not_ranked_yet += 1
         items.append(RatingInput(content_hash=h, stars=rating.stars, source=rating.source, detail=rating.detail))
     report.counts = store.set_ratings(profile, items)
+    stored = {item.content_hash: item.stars for item in items}  # the last verdict per content, as set_ratings keeps
+    waiting = [h for h, stars in stored.items() if stars != 0]
+    ranked = store.photos_by_hash(waiting) if waiting else {}
+    report.not_ranked_yet = sum(h not in ranked for h in waiting)
     return report
