@@ -146,13 +146,14 @@ def server_unreachable(env: CLIEnv, tmp: Path, mp: pytest.MonkeyPatch) -> tuple[
 
 
 def disk_full(env: CLIEnv, tmp: Path, mp: pytest.MonkeyPatch) -> tuple[int, str]:
-    from pmllm_batch.db import photos
+    from pmllm_batch.db import photos, quick
 
     _library(env)
 
     def full(*a: object, **k: object) -> None:
         raise sa_exc.OperationalError("SELECT", {}, sqlite3.OperationalError("database or disk is full"))
 
+    mp.setattr(quick, "library_status", lambda url: None)  # a quick read that fails gives way to the Store
     mp.setattr(photos, "count_by_status", full)
     return env.run_cli("status")[::2]
 

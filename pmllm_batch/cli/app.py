@@ -3,7 +3,8 @@
 Each module in :data:`COMMAND_MODULES` lives in ``pmllm_batch/cli/commands/`` and exposes
 ``register(subparsers) -> None`` (adds its parser and sets ``func=run``) and ``run(args, settings) -> int``
 (beets ``ui/commands``: the work is a pure function in the module, ``run`` only adapts the options).
-Modules are imported when the parser is built, so keep heavy imports (torch …) inside ``run``.
+Modules are imported when the parser is built, so keep heavy imports (torch, SQLAlchemy …) inside ``run``: ``status``
+and ``profile list`` must start in at most 0.5 s (issue 24).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from pmllm_batch.config import as_db_url
+from pmllm_batch.db.quick import sqlite_database
 from pmllm_batch.errors import DBAccessError
 from pmllm_batch.version import __version__
 
@@ -24,6 +26,7 @@ COMMAND_MODULES = [
     "rank",
     "watch",
     "profile",
+    "rate",
     "export",
     "albums",
     "xmp",
@@ -162,15 +165,8 @@ def check_db_location(raw: str, url: str, *, create: bool = True) -> None:
     """
     if not raw:
         return
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return  # the database layer says "not a valid database URL"
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+    database = _sqlite_file(url)
+    if database is None:
         return
     path = Path(database).expanduser()
     if path.is_dir():
@@ -197,6 +193,25 @@ def check_db_location(raw: str, url: str, *, create: bool = True) -> None:
         raise DBAccessError(
             f"there is no database at {path} yet (check --db; `pmllm-batch profile add` or `rank` creates it)."
         )
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The SQLite file ``url`` names; None for another backend, a memory database, a ``file:`` URI or a URL that is
+    not valid (the database layer names its own reason)."""
+    database = sqlite_database(url)  # the usual sqlite:///FILE, read without importing SQLAlchemy (start-up time)
+    if database is not None:
+        return database
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # the database layer says "not a valid database URL"
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return database
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, dict[str, str]]:

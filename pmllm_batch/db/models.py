@@ -15,6 +15,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pmllm_batch.db import meta
+from pmllm_batch.db.plain import model_info, model_meta, model_settings
+from pmllm_batch.db.plain import model_label as model_label  # the row-free parts live in db.plain (status reads
+from pmllm_batch.db.plain import settings_label as settings_label  # them without SQLAlchemy); callers import them here
 from pmllm_batch.db.records import ModelInfo, RecipeModel
 from pmllm_batch.db.schema import META_CURRENT_MODEL, ModelRow, utcnow
 
@@ -40,28 +43,11 @@ MAX_RECIPES = 8  # settings recipes remembered per model (a few checkouts or con
 
 
 def _meta(row: ModelRow) -> dict[str, object]:
-    try:
-        data = json.loads(row.meta_json or "{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _settings(meta_data: Mapping[str, object]) -> dict[str, str]:
-    stored = meta_data.get("settings")
-    if not isinstance(stored, dict):
-        return {}
-    return {str(k): str(v) for k, v in stored.items() if isinstance(v, (str, int, float, bool))}
+    return model_meta(row.meta_json)
 
 
 def _info(row: ModelRow, meta_data: Mapping[str, object]) -> ModelInfo:
-    # The demo flag as the scorer recorded it ({"demo": …} in the model's facts); rows from before it was recorded
-    # only had the preset to tell, and the one demo preset then was "demo".
-    flag = meta_data.get("demo")
-    demo = flag if isinstance(flag, bool) else row.preset == "demo"
-    note = meta_data.get("note")
-    return {"id": row.id, "fingerprint": row.fingerprint, "preset": row.preset, "demo": demo,
-            "note": note if isinstance(note, str) else "", "settings": _settings(meta_data)}
+    return model_info(row.id, row.fingerprint, row.preset, meta_data)
 
 
 def remember_recipe(s: Session, model_id: int, recipe: str, facts: Mapping[str, object]) -> None:
@@ -103,7 +89,7 @@ def remember_settings(s: Session, model_id: int, settings: Mapping[str, str]) ->
         return False
     meta_data = _meta(row)
     wanted = dict(sorted(settings.items()))
-    if _settings(meta_data) == wanted:
+    if model_settings(meta_data) == wanted:
         return False
     meta_data["settings"] = wanted
     row.meta_json = json.dumps(meta_data, sort_keys=True, default=str)
@@ -115,30 +101,9 @@ def by_settings(s: Session, settings: Mapping[str, str]) -> ModelInfo | None:
     wanted = dict(settings)
     for row in s.scalars(select(ModelRow).order_by(ModelRow.id.desc())):
         meta_data = _meta(row)
-        if _settings(meta_data) == wanted:
+        if model_settings(meta_data) == wanted:
             return _info(row, meta_data)
     return None
-
-
-def settings_label(stored: Mapping[str, str]) -> str:
-    """A model's name for sentences, from its settings: its preset (a preset file by its file name), with its adapter
-    and int8 LLM when set ("demo with the adapter /x/adapter")."""
-    preset = str(stored.get("preset") or "")
-    name = preset.rsplit("/", 1)[-1] if "/" in preset or preset.endswith(".json") else preset
-    checkpoint = str(stored.get("checkpoint") or "")
-    if checkpoint == "none":
-        name += " with an untrained adapter"
-    elif checkpoint:
-        name += f" with the adapter {checkpoint}"
-    if str(stored.get("quantize") or "none") != "none":
-        name += f" ({stored['quantize']} LLM)"
-    return name
-
-
-def model_label(model: ModelInfo) -> str:
-    """A registered model's name for sentences: ``smol (fingerprint 0123456789ab)``."""
-    name = settings_label(model["settings"]) if model.get("settings") else model["preset"]
-    return f"{name} (fingerprint {model['fingerprint'][:12]})"
 
 
 def make_current(s: Session, model_id: int) -> None:

@@ -10,40 +10,20 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pmllm_batch.db.plain import RunRow, abandoned, run_info
 from pmllm_batch.db.records import RunInfo, RunningRun
 from pmllm_batch.db.schema import Run, utcnow
 
 FINISHED_RUN_STATUSES = ("ok", "interrupted", "failed")
-_GONE = "its process ({pid}) ended without closing the run (killed, crashed or the machine stopped)"
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (signal 0 checks without sending anything)."""
-    if os.name != "posix":
-        return True  # Windows' os.kill has no probe signal (0 is CTRL_C_EVENT): never guess there
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists but belongs to someone else, or the platform cannot tell: assume alive
-    return True
 
 
 def _abandoned(run: Run, host: str) -> str | None:
     """Why a "running" row can no longer be running (its process on this host is gone), or None."""
-    if run.status == "running" and run.host == host and run.pid is not None and not _process_alive(run.pid):
-        return _GONE.format(pid=run.pid)
-    return None
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+    return abandoned(run.status, run.host, run.pid, host)
 
 
 def start(s: Session, kind: str, args: Mapping[str, object]) -> int:
@@ -83,20 +63,8 @@ def finish(s: Session, run_id: int, status: str, summary: Mapping[str, object]) 
 
 
 def _as_dict(run: Run) -> RunInfo:
-    status, summary = run.status, json.loads(run.summary_json) if run.summary_json else None
-    if reason := _abandoned(run, socket.gethostname()):  # reported only; the next run on this host records it
-        status, summary = "interrupted", {"reason": reason}
-    return {
-        "id": run.id,
-        "kind": run.kind,
-        "status": status,
-        "pid": run.pid,
-        "host": run.host,
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "args": json.loads(run.args_json) if run.args_json else {},
-        "summary": summary,
-    }
+    return run_info(RunRow(run.id, run.kind, run.status, run.pid, run.host, run.started_at, run.finished_at,
+                           run.args_json, run.summary_json), socket.gethostname())
 
 
 def last(s: Session) -> RunInfo | None:

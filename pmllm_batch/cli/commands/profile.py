@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from pmllm_batch.config import Settings
-from pmllm_batch.db import Store
+from pmllm_batch.db import quick
+from pmllm_batch.db.records import ProfileRow
 from pmllm_batch.errors import ProfileError
 from pmllm_batch.model.prompts import render_persona
 from pmllm_batch.profiles import Profile, load_profile
 
 from . import print_json
+
+if TYPE_CHECKING:
+    from pmllm_batch.db import Store  # imported in run: `profile list` must start in at most 0.5 s (issue 24)
 
 ADDED, UPDATED, UNCHANGED = "added", "updated", "unchanged"
 
@@ -35,6 +39,15 @@ class ProfileDetail(TypedDict):
     persona: str
     persona_hash: str
     updated_at: str  # ISO 8601, UTC
+    ratings: RatingsSummary
+
+
+class RatingsSummary(TypedDict):
+    """``profile show --json``'s ``ratings``: the person's own stars (``pmllm-batch rate``)."""
+
+    total: int
+    by_source: dict[str, int]  # "xmp-sidecar", "cli", ... -> ratings
+    in_library: int  # of total: of photos the library holds now (the others wait for `rank`)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -123,6 +136,11 @@ def add_profiles(store: Store, profiles: list[Profile], paths: list[str] | None 
 def profile_summaries(store: Store) -> list[ProfileSummary]:
     """One dict per stored profile: name, fields, scored (current model), updated_at."""
     counts = store.score_counts()
+    return summaries_of(store.list_profiles(), counts)
+
+
+def summaries_of(rows: list[ProfileRow], counts: dict[str, int]) -> list[ProfileSummary]:
+    """:func:`profile_summaries` from the stored profiles and their score counts (the Store's or the quick read's)."""
     return [
         {
             "name": row.name,
@@ -130,8 +148,19 @@ def profile_summaries(store: Store) -> list[ProfileSummary]:
             "scored": counts.get(row.name, 0),
             "updated_at": row.updated_at.isoformat(timespec="seconds") + "Z",
         }
-        for row in store.list_profiles()
+        for row in rows
     ]
+
+
+def print_summaries(summaries: list[ProfileSummary], *, as_json: bool) -> None:
+    """``profile list``'s output: JSON, or one "name<TAB>N scored" line per profile."""
+    if as_json:
+        print_json(summaries)
+    elif not summaries:
+        print("no profiles yet; add one with `pmllm-batch profile add FILE.toml`")
+    else:
+        for item in summaries:
+            print(f"{item['name']}\t{item['scored']} scored")
 
 
 def profile_detail(store: Store, name: str) -> ProfileDetail:
@@ -147,7 +176,28 @@ def profile_detail(store: Store, name: str) -> ProfileDetail:
         "persona": row.persona,
         "persona_hash": row.persona_hash,
         "updated_at": row.updated_at.isoformat(timespec="seconds") + "Z",
+        "ratings": ratings_summary(store, row.name),
     }
+
+
+def ratings_summary(store: Store, name: str) -> RatingsSummary:
+    """How many ratings a person has stored, per source, and how many of them are of photos in the library."""
+    by_source = store.rating_counts().get(name, {})
+    in_library = store.rating_counts(in_library=True).get(name, {})
+    return {"total": sum(by_source.values()), "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
+            "in_library": sum(in_library.values())}
+
+
+def ratings_line(ratings: RatingsSummary) -> str:
+    """``ratings: 12 (xmp-sidecar 9, cli 3)``, or ``ratings: none yet``."""
+    if not ratings["total"]:
+        return "ratings: none yet (`pmllm-batch rate` stores them)"
+    sources = ", ".join(f"{source} {n}" for source, n in ratings["by_source"].items())
+    waiting = ratings["total"] - ratings["in_library"]
+    return f"ratings: {ratings['total']} ({sources})" + (
+        f"; {waiting} of them wait{'s' if waiting == 1 else ''} for `rank` "
+        f"({'its photo is' if waiting == 1 else 'their photos are'} not in the library)"
+        if waiting else "")
 
 
 def _format_value(value: object) -> str:
@@ -195,6 +245,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Adapter for ``profile``."""
     action = args.profile_action
     profiles = read_profiles(args.files) if action == "add" else []
+    listing = quick.profile_listing(settings.db_url()) if action == "list" else None  # None: read by the Store
+    if listing is not None:
+        print_summaries(summaries_of(*listing), as_json=args.json)
+        return 0
+    from pmllm_batch.db import Store
+
     with Store(settings.db_url()) as store:
         if action == "add":
             check_replacements(store, profiles, args.files, replace=args.replace)
@@ -202,14 +258,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 if not args.quiet:
                     print(f"{outcome} {name}" + (" (scores cleared)" if outcome == UPDATED else ""))
         elif action == "list":
-            summaries = profile_summaries(store)
-            if args.json:
-                print_json(summaries)
-            elif not summaries:
-                print("no profiles yet; add one with `pmllm-batch profile add FILE.toml`")
-            else:
-                for item in summaries:
-                    print(f"{item['name']}\t{item['scored']} scored")
+            print_summaries(profile_summaries(store), as_json=args.json)
         elif action == "show":
             detail = profile_detail(store, args.name)
             if args.json:
@@ -217,7 +266,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 out = [f"name: {detail['name']}"]
                 out += [f"{key}: {_format_value(value)}" for key, value in detail["fields"].items() if key != "name"]
-                out += ["persona:", f"  {detail['persona']}"]
+                out += [ratings_line(detail["ratings"]), "persona:", f"  {detail['persona']}"]
                 sys.stdout.write("\n".join(out) + "\n")
         else:
             store.remove_profile(args.name)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pmllm_batch.config import Settings
 from pmllm_batch.contracts import PhotoStatus
-from pmllm_batch.db import Store
-from pmllm_batch.db.models import model_label
-from pmllm_batch.db.store import LibraryStatus
+from pmllm_batch.db import quick
+from pmllm_batch.db.plain import model_label
 from pmllm_batch.errors import DBAccessError
 
 from . import human_bytes, plural, print_json
+
+if TYPE_CHECKING:
+    from pmllm_batch.db.store import LibraryStatus
+
+# Start-up time (issue 24: at most 0.5 s): nothing here imports SQLAlchemy. An up-to-date SQLite library is read by
+# pmllm_batch.db.quick; the Store (and SQLAlchemy with it) is imported only for the other cases and for --check.
 
 
 def format_status(status: LibraryStatus, *, verbose: bool = False) -> str:
@@ -84,11 +90,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Adapter for ``status``."""
-    with Store(settings.db_url()) as store:
+def read_status(url: str, *, check: bool = False) -> LibraryStatus:
+    """:meth:`Store.status` of the database at ``url``, with ``read_only`` when it can only be read, and with
+    ``check`` the result of :meth:`Store.check` (``{"ok": True, "checked": …}``).
+
+    Raises:
+        DBAccessError: The database cannot be opened, or ``check`` found it damaged (exit code 4).
+    """
+    from pmllm_batch.db import Store
+
+    with Store(url) as store:
         checked = None
-        if args.check:
+        if check:
             problems, what = store.check()
             if problems:
                 more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
@@ -98,18 +111,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 )
             checked = what
         status = store.status()
-        status["visual_cache"]["budget_bytes"] = settings.vision.cache_budget_bytes
         if store.read_only:
             status["read_only"] = True
     if checked is not None:
         status["check"] = {"ok": True, "checked": checked}
+    return status
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Adapter for ``status``."""
+    url = settings.db_url()
+    # The quick read gives exactly what the Store gives, or None (another backend or schema, anything unusual).
+    status = None if args.check else quick.library_status(url)
+    if status is None:
+        status = read_status(url, check=args.check)
+    status["visual_cache"]["budget_bytes"] = settings.vision.cache_budget_bytes
     if args.json:
         print_json(status)
     else:
         text = format_status(status, verbose=bool(args.verbose))
-        if store.read_only:
+        if status.get("read_only"):
             text += "database is read-only for this user: it can be read, not written\n"
-        if checked is not None:
-            text += f"check: ok ({checked})\n"
+        if "check" in status:
+            text += f"check: ok ({status['check']['checked']})\n"
         sys.stdout.write(text)
     return 0
