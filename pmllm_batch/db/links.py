@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Executable, bindparam, delete, or_, select, update
+from sqlalchemy import Executable, bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from pmllm_batch.contracts import JSON, JSONDict, PhotoStatus, SkipReason
@@ -247,6 +247,29 @@ def all_vectors(s: Session, vision_id: str) -> list[tuple[str, np.ndarray]]:
     return [(h, _vector(data, dim)) for h, dim, data in s.execute(stmt)]
 
 
+def matrix(s: Session, vision_id: str) -> tuple[list[str], np.ndarray]:
+    """Every embedding under ``vision_id`` in one query: (content hashes, float32 matrix, one row each, in that order).
+
+    Rows of another width than the most common one (none in a library: one vision graph, one width) are left out.
+    Read through the Core table (no ORM rows: 20,000 embeddings in a fraction of a second).
+    """
+    import numpy as np
+
+    table = table_of(PhotoEmbedding)
+    conn = s.connection()
+    widths = conn.execute(select(table.c.dim, func.count()).where(table.c.vision_id == vision_id)
+                          .group_by(table.c.dim)).all()
+    if not widths:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    width = int(max(widths, key=lambda row: (row[1], row[0]))[0])
+    rows = conn.execute(select(table.c.content_hash, table.c.data)
+                        .where(table.c.vision_id == vision_id, table.c.dim == width)).all()
+    size = 4 * width
+    kept = [(h, data) for h, data in rows if len(data) == size]
+    flat = np.frombuffer(b"".join([data for _, data in kept]), dtype="<f4")
+    return [h for h, _ in kept], flat.reshape(len(kept), width).astype(np.float32)
+
+
 def set_buckets(s: Session, vision_id: str, buckets: Mapping[str, Sequence[int]]) -> None:
     rows: list[RowValues] = []
     for h, keys in buckets.items():
@@ -390,6 +413,17 @@ class LinkStore:
         """(hash, unit vector) of every embedding under ``vision_id`` (only when the LSH centre is re-taken)."""
         with self._db.read() as s:
             return all_vectors(s, vision_id)
+
+    def embedding_matrix(self, vision_id: str) -> tuple[list[str], np.ndarray]:
+        """Every embedding under ``vision_id`` as (content hashes, float32 matrix with one unit row per hash), read
+        in one query (the per-person learner's raw features: :mod:`pmllm_batch.outputs.personal`)."""
+        with self._db.read() as s:
+            return matrix(s, vision_id)
+
+    def vision_id_of(self, model_id: int | None) -> str | None:
+        """The vision graph id a model was recorded with (whose embeddings are its photos' features), or None."""
+        with self._db.read() as s:
+            return vision_of(s, model_id)
 
     def raw_twins(self) -> dict[tuple[str, str], list[str]]:
         """(folder, stem) -> RAW files shown as the JPEG of that folder and stem (stored ``raw_pair``)."""

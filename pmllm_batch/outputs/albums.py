@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pmllm_batch.config import LearnSettings
 from pmllm_batch.db import RankedPhoto, Store
 from pmllm_batch.db.schema import utcnow
 from pmllm_batch.errors import UserError
@@ -41,6 +42,8 @@ class AlbumResult:
     mode: str  # "symlink" | "copy"
     entries: list[str] = field(default_factory=list)  # file names created, by rank
     skipped: list[str] = field(default_factory=list)  # source paths no longer on disk
+    learned: str = "profile only"  # what the album's ranking learned from ("learned from 3 of your ratings")
+    learned_from: int = 0  # the person's ratings it follows (0: the profile-only ranking)
 
 
 def entry_name(rank: int, path: str, width: int) -> str:
@@ -105,6 +108,38 @@ def _plan(folder: Path, ranking: list[RankedPhoto], owned: set[str]) -> list[tup
     return plan
 
 
+def _fill(result: AlbumResult, plan: list[tuple[RankedPhoto, str]], owned: list[str], copy: bool) -> None:
+    """Replace the entries a previous run made in ``result.folder`` by the planned ones (``result.entries``; photos
+    no longer on disk in ``result.skipped``).
+
+    Raises:
+        OSError: The file system refused.
+        UserError: A file appeared in the way since the plan.
+    """
+    folder, name, mode = result.folder, result.profile, result.mode
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in owned:
+        target = folder / old
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+    # Record the planned names first: a run killed half-way leaves only files the next run may delete.
+    planned = [entry for _, entry in plan]
+    _write_manifest(folder, name, mode, sorted(set(planned) | set(owned)))
+    for item, entry in plan:
+        if not os.path.isfile(item.path):
+            result.skipped.append(item.path)
+            continue
+        target = folder / entry
+        if os.path.lexists(target):  # appeared since the plan; never write through it
+            raise UserError(f"{target} appeared while the album was written; run again.")
+        if copy:
+            shutil.copy2(item.path, target)
+        else:
+            os.symlink(os.path.abspath(item.path), target)
+        result.entries.append(entry)
+    _write_manifest(folder, name, mode, result.entries)
+
+
 def build_albums(
     store: Store,
     out: str | os.PathLike[str],
@@ -115,6 +150,8 @@ def build_albums(
     group: bool = True,
     scope: Scope | None = None,
     model_id: int | None = None,
+    learn: LearnSettings | None = None,
+    zero_shot: bool = False,
 ) -> list[AlbumResult]:
     """Create or refresh ``out/<profile>/`` for each profile with its ``top`` photos.
 
@@ -130,6 +167,9 @@ def build_albums(
         group: Each burst / near-duplicate group once (this person's best of it); a RAW+JPEG pair is its JPEG.
         scope: Only photos in these folders and capture dates.
         model_id: Whose scores (default: the library's model).
+        learn: ``[learn]`` settings: each album follows the person's learned ranking; a photo they rejected is never
+            in it (default settings when None).
+        zero_shot: The profile-only rankings (``--zero-shot``).
 
     Returns:
         One :class:`AlbumResult` per profile.
@@ -142,7 +182,7 @@ def build_albums(
     names = list(dict.fromkeys(profiles)) if profiles else [row.name for row in store.list_profiles()]
     if not names:
         raise UserError("no profiles are stored yet; add one with `pmllm-batch profile add FILE.toml`.")
-    view = RankingView(store, group=group, scope=scope)
+    view = RankingView(store, group=group, scope=scope, learn=learn, zero_shot=zero_shot)
     # unknown names fail here, before any write
     rankings = {name: view.ranking(name, top=top, model_id=model_id) for name in names}
     folders = {name: out_dir / name for name in names}
@@ -160,29 +200,11 @@ def build_albums(
     results = []
     for name in names:
         folder = folders[name]
-        result = AlbumResult(profile=name, folder=folder, mode=mode)
+        learned = view.learned(name, model_id=model_id)
+        result = AlbumResult(profile=name, folder=folder, mode=mode, learned=learned.describe(),
+                             learned_from=learned.learned_from)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for old in owned[name]:
-                target = folder / old
-                if target.is_symlink() or target.is_file():
-                    target.unlink()
-            # Record the planned names first: a run killed half-way leaves only files the next run may delete.
-            planned = [entry for _, entry in plans[name]]
-            _write_manifest(folder, name, mode, sorted(set(planned) | set(owned[name])))
-            for item, entry in plans[name]:
-                if not os.path.isfile(item.path):
-                    result.skipped.append(item.path)
-                    continue
-                target = folder / entry
-                if os.path.lexists(target):  # appeared since the plan; never write through it
-                    raise UserError(f"{target} appeared while the album was written; run again.")
-                if copy:
-                    shutil.copy2(item.path, target)
-                else:
-                    os.symlink(os.path.abspath(item.path), target)
-                result.entries.append(entry)
-            _write_manifest(folder, name, mode, result.entries)
+            _fill(result, plans[name], owned[name], copy)
         except OSError as exc:
             raise UserError(f"cannot write the album {folder}: {exc.strerror or exc}.") from None
         if result.skipped:

@@ -22,15 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pmllm_batch.config import LearnSettings
 from pmllm_batch.db import Store
-from pmllm_batch.db.records import FailedPhoto
+from pmllm_batch.db.records import FailedPhoto, ProfileRow
 from pmllm_batch.errors import UserError
 from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.albums import check_outside_roots
 from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.files import read_manifest_files, replace_file_bytes
+from pmllm_batch.outputs.personal import PROFILE_ONLY
 from pmllm_batch.outputs.scope import Scope, in_scope, resolve_scopes
-from pmllm_batch.outputs.stars import DEFAULT_SHARES, star_label, stars_by_hash
+from pmllm_batch.outputs.stars import DEFAULT_SHARES, star_label
 from pmllm_batch.scan import DecodeError, decode_photo
 from pmllm_batch.version import __version__
 
@@ -78,14 +80,18 @@ class ReportPhoto:
     problem: str | None = None  # why there is no thumbnail
     also: tuple[str, ...] = ()  # file names of the same photo elsewhere: a RAW twin, exact copies
     group_size: int = 1  # photos of its burst / near-duplicate group (this is the person's best of them)
+    yours: bool = False  # ``stars`` are the person's own rating (not ours from the rank)
+    content_hash: str = ""
 
     @property
     def star_text(self) -> str:
-        return "★" * self.stars + "☆" * (5 - self.stars)
+        shown = min(max(self.stars, 0), 5)
+        return "★" * shown + "☆" * (5 - shown)
 
     @property
     def star_label(self) -> str:
-        return star_label(self.stars)
+        label = star_label(self.stars) if self.stars > 0 else "rejected"
+        return f"{label}, your rating" if self.yours else label
 
 
 @dataclass
@@ -97,6 +103,8 @@ class ReportPerson:
     persona: str
     ranked: int  # photos in their ranking (in scope)
     photos: list[ReportPhoto] = field(default_factory=list)  # the top ones shown
+    learned: str = PROFILE_ONLY  # what the ranking learned from: "learned from 3 of your ratings" / "profile only"
+    learned_from: int = 0  # the person's ratings it follows (0: profile only)
 
 
 @dataclass
@@ -210,6 +218,38 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _person(
+    view: RankingView, row: ProfileRow, page: str, *, top: int, shares: Sequence[float], model_id: int | None,
+    thumb_size: int,
+) -> ReportPerson:
+    """One person's column: their top ``top`` of the view (never a photo they rejected), stars from their whole
+    ranking (their own where they rated the photo) and what the ranking learned from."""
+    name = row.name
+    stars = view.stars(name, shares, model_id=model_id)
+    learned = view.learned(name, model_id=model_id)
+    shown = view.ranking(name, model_id=model_id)  # ranks 1..n within what is shown, as export numbers them
+    person = ReportPerson(name=name, page=page, persona=row.persona, ranked=len(shown), learned=learned.describe(),
+                          learned_from=learned.learned_from)
+    rejected = learned.rejected
+    for item in [r for r in shown if r.content_hash not in rejected][:top]:
+        person.photos.append(
+            ReportPhoto(
+                rank=item.rank,
+                path=item.path,
+                name=os.path.basename(item.path),
+                score=item.score,
+                stars=stars[item.content_hash],
+                taken_at=_display_date(item.taken_at),
+                thumb=_thumb_name(item.content_hash, thumb_size),
+                also=tuple(os.path.basename(p) for p in item.paths[1:]),
+                group_size=item.group_size,
+                yours=item.content_hash in learned.verdicts,
+                content_hash=item.content_hash,
+            )
+        )
+    return person
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,6 +268,8 @@ def build_report(
     group: bool = True,
     scope: Scope | None = None,
     model_id: int | None = None,
+    learn: LearnSettings | None = None,
+    zero_shot: bool = False,
 ) -> ReportSummary:
     """Write the gallery into ``out``.
 
@@ -244,6 +286,9 @@ def build_report(
         group: Each burst / near-duplicate group once per person (their best of it, with the group's size).
         scope: Only photos in these folders (added to ``paths``) and capture dates (stars still from everything).
         model_id: Whose scores (default: the library's model); its demo flag and note head the gallery.
+        learn: ``[learn]`` settings: each person's ranking learns from their own stars, a photo they rejected is
+            never among their top, a photo they rated shows their own stars (default settings when None).
+        zero_shot: The profile-only rankings (``--zero-shot``).
 
     Returns:
         What was written; photos whose thumbnail could not be made (deleted since ranking, corrupt) are listed with
@@ -265,31 +310,16 @@ def build_report(
         under = [*(resolve_scopes(paths) or []), *(view_scope.under or ())]
         view_scope = dataclasses.replace(view_scope, under=tuple(dict.fromkeys(under)))
     scopes = list(view_scope.under) if view_scope.under is not None else None
-    view = RankingView(store, group=group, scope=view_scope)
+    view = RankingView(store, group=group, scope=view_scope, learn=learn, zero_shot=zero_shot)
     pages = page_names(names)
 
     people: list[ReportPerson] = []
     wanted: dict[str, tuple[str, str]] = {}  # thumb relative path -> (content hash, a photo path)
     for name in names:
-        stars = stars_by_hash(view.full(name, model_id=model_id), shares)
-        shown = view.ranking(name, model_id=model_id)  # ranks 1..n within what is shown, as export numbers them
-        person = ReportPerson(name=name, page=pages[name], persona=rows[name].persona, ranked=len(shown))
-        for item in shown[:top]:
-            thumb = _thumb_name(item.content_hash, thumb_size)
-            wanted.setdefault(thumb, (item.content_hash, item.path))
-            person.photos.append(
-                ReportPhoto(
-                    rank=item.rank,
-                    path=item.path,
-                    name=os.path.basename(item.path),
-                    score=item.score,
-                    stars=stars[item.content_hash],
-                    taken_at=_display_date(item.taken_at),
-                    thumb=thumb,
-                    also=tuple(os.path.basename(p) for p in item.paths[1:]),
-                    group_size=item.group_size,
-                )
-            )
+        person = _person(view, rows[name], pages[name], top=top, shares=shares, model_id=model_id,
+                         thumb_size=thumb_size)
+        for photo in person.photos:
+            wanted.setdefault(str(photo.thumb), (photo.content_hash, photo.path))
         people.append(person)
 
     summary = ReportSummary(

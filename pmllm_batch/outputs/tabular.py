@@ -8,8 +8,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pmllm_batch.config import LearnSettings
 from pmllm_batch.db import RankedPhoto, Store
 from pmllm_batch.outputs.bursts import RankingView
+from pmllm_batch.outputs.personal import Learned
 from pmllm_batch.outputs.scope import Scope
 
 # paths: every file of the photo (exact duplicates, a RAW twin), ``path`` first; group_size: photos in its burst /
@@ -27,6 +29,7 @@ class TabularExport:
     fmt: str  # "csv" | "json"
     rows: int  # ranking rows in ``text``
     text: str
+    learned: Learned | None = None  # what the ranking learned from (``describe()``: "learned from 3 of your ratings")
 
 
 def render_ranking(ranking: Sequence[RankedPhoto], fmt: str) -> str:
@@ -67,6 +70,8 @@ def export_ranking(
     group: bool = True,
     scope: Scope | None = None,
     model_id: int | None = None,
+    learn: LearnSettings | None = None,
+    zero_shot: bool = False,
 ) -> TabularExport:
     """One profile's ranking (the library's model, or ``model_id``'s) as CSV or JSON text.
 
@@ -78,9 +83,13 @@ def export_ranking(
         group: Each burst / near-duplicate group once (its best photo for this person, with its size).
         scope: Only photos in these folders and capture dates; ranks are 1..n inside it.
         model_id: Whose scores (default: the library's model).
+        learn: ``[learn]`` settings: the ranking learns from the person's own stars (default settings when None).
+        zero_shot: The profile-only ranking (``--zero-shot``).
 
     Raises:
         ProfileError: Unknown profile.
     """
-    ranking = RankingView(store, group=group, scope=scope).ranking(profile, top=top, model_id=model_id)
-    return TabularExport(profile=profile, fmt=fmt, rows=len(ranking), text=render_ranking(ranking, fmt))
+    view = RankingView(store, group=group, scope=scope, learn=learn, zero_shot=zero_shot)
+    ranking = view.ranking(profile, top=top, model_id=model_id)
+    return TabularExport(profile=profile, fmt=fmt, rows=len(ranking), text=render_ranking(ranking, fmt),
+                         learned=view.learned(profile, model_id=model_id))

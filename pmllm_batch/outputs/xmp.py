@@ -3,7 +3,9 @@
 ``pmllm-batch xmp`` and the daemon (``[xmp] profile``) call :func:`write_sidecars` / :func:`refresh_sidecars`. What is
 written into each sidecar (``photo.jpg.xmp`` with ``append`` naming, ``photo.xmp`` with ``replace``):
 
-* ``xmp:Rating``: 1-5 stars of the rating profile, from its rank percentile (``[xmp] stars_*``); read by
+* ``xmp:Rating``: 1-5 stars of the rating profile, from its rank percentile (``[xmp] stars_*``) in the person's
+  learned ranking (:mod:`pmllm_batch.outputs.personal`); a photo the person rated (``pmllm-batch rate``, a sidecar,
+  darktable, digiKam) gets *their* stars, and a rejected one ``-1`` (XMP's "rejected"), never our 5; read by
   Lightroom, darktable, digiKam, Bridge, exiftool;
 * ``lr:hierarchicalSubject``: ``pmllm|<profile>|<n> stars`` for every profile that scored the photo (Lightroom,
   darktable, digiKam);
@@ -47,11 +49,11 @@ from pmllm_batch.log import get_logger
 from pmllm_batch.outputs.bursts import RankingView
 from pmllm_batch.outputs.files import replace_file_bytes
 from pmllm_batch.outputs.scope import Scope, resolve_scopes
-from pmllm_batch.outputs.stars import star_label, stars_by_hash
+from pmllm_batch.outputs.stars import star_label
 from pmllm_batch.xmp_engine import NS_PREFIX, captured_exiv2_messages, exiv2_module
 
 if TYPE_CHECKING:
-    from pmllm_batch.config import Settings
+    from pmllm_batch.config import LearnSettings, Settings
 
 log = get_logger("outputs.xmp")
 
@@ -209,6 +211,11 @@ class XmpSummary:
         return "\n".join(lines) + "\n"
 
 
+def mark_label(stars: int) -> str:
+    """A verdict as our keywords say it: ``"4 stars"``, ``"1 star"``, or ``"rejected"`` for -1 (the person's own)."""
+    return "rejected" if stars < 1 else star_label(stars)
+
+
 @dataclass(frozen=True)
 class ProfileMark:
     """One profile's verdict on one photo."""
@@ -232,13 +239,13 @@ class SidecarContent:
     cleanup_only: bool = False
 
     def hierarchical(self) -> list[str]:
-        return [f"{KEYWORD_ROOT}|{m.profile}|{star_label(m.stars)}" for m in self.marks]
+        return [f"{KEYWORD_ROOT}|{m.profile}|{mark_label(m.stars)}" for m in self.marks]
 
     def tags_list(self) -> list[str]:
-        return [f"{KEYWORD_ROOT}/{m.profile}/{star_label(m.stars)}" for m in self.marks]
+        return [f"{KEYWORD_ROOT}/{m.profile}/{mark_label(m.stars)}" for m in self.marks]
 
     def flat(self) -> list[str]:
-        return [f"{FLAT_PREFIX}{m.profile} {star_label(m.stars)}" for m in self.marks]
+        return [f"{FLAT_PREFIX}{m.profile} {mark_label(m.stars)}" for m in self.marks]
 
 
 @dataclass
@@ -480,7 +487,7 @@ def merge_sidecar(
     flat_ours, _ = _array_items(xmp, K_KEYWORDS)
     ours = set(flat_ours)
     for name in known_profiles:
-        ours.update(f"{FLAT_PREFIX}{name} {star_label(s)}" for s in range(1, 6))
+        ours.update(f"{FLAT_PREFIX}{name} {mark_label(s)}" for s in (-1, 1, 2, 3, 4, 5))
     for key, mine, is_ours in (
         (K_HIER, content.hierarchical(), lambda k: k == KEYWORD_ROOT or k.startswith(f"{KEYWORD_ROOT}|")),
         (K_TAGS, content.tags_list(), lambda k: k == KEYWORD_ROOT or k.startswith(f"{KEYWORD_ROOT}/")),
@@ -587,6 +594,7 @@ def plan_sidecars(
     group: bool = True,
     scope: Scope | None = None,
     model_id: int | None = None,
+    learn: LearnSettings | None = None,
 ) -> tuple[dict[str, SidecarContent], list[str], str | None]:
     """What every photo file in scope should carry.
 
@@ -595,7 +603,8 @@ def plan_sidecars(
     (exact copies and the RAW twin of a RAW+JPEG pair carry the same verdicts). With ``group`` a person's verdict
     goes to their best photo of each burst / near-duplicate group only (stars over the grouped ranking).
 
-    ``model_id`` names whose scores (default: the library's model); the sidecars name its fingerprint.
+    ``model_id`` names whose scores (default: the library's model); the sidecars name its fingerprint. Rankings are
+    learned from each person's stars (``learn``), their own stars on what they rated (:meth:`RankingView.stars`).
 
     Returns:
         (photo path -> content, sorted; profile names; model fingerprint or None before any scoring).
@@ -610,13 +619,13 @@ def plan_sidecars(
         return {}, names, None
     model = current["fingerprint"]
     mid = current["id"]
-    view = RankingView(store, group=group)
+    view = RankingView(store, group=group, learn=learn)
     marks: dict[str, list[ProfileMark]] = {}
     files: dict[str, tuple[str, ...]] = {}  # content hash -> every file of it
     dates: dict[str, tuple[str | None, int | None]] = {}
     for name in names:
         ranking = view.full(name, model_id=mid)
-        stars = stars_by_hash(ranking, shares)
+        stars = view.stars(name, shares, model_id=mid)  # the person's own where they rated the photo
         for item in ranking:
             marks.setdefault(item.content_hash, []).append(
                 ProfileMark(profile=name, score=item.score, rank=item.rank, stars=stars[item.content_hash])
@@ -743,6 +752,7 @@ def write_sidecars(
     group: bool = True,
     scope: Scope | None = None,
     model_id: int | None = None,
+    learn: LearnSettings | None = None,
 ) -> XmpSummary:
     """Create or update the XMP sidecar of every scored photo file (in ``paths``, when given), and clean stale marks
     of ours out of the sidecars of photos that left the rankings (see the module's docstring).
@@ -758,6 +768,7 @@ def write_sidecars(
         group: A person's verdict on their best photo of each burst / near-duplicate group only.
         scope: Only photos in these folders and capture dates (stars still from the whole ranking).
         model_id: Whose scores (default: the library's model: ``Store.current_model``).
+        learn: ``[learn]`` settings (None: the defaults): stars of learned rankings, the person's own where rated.
 
     Returns:
         The counts, every sidecar cleaned with its reason and every per-file problem with its reason.
@@ -768,7 +779,7 @@ def write_sidecars(
     if naming not in NAMINGS:
         raise ValueError(f"unknown sidecar naming {naming!r}; use one of {', '.join(NAMINGS)}")
     plan, names, model = plan_sidecars(store, profile, shares=shares, paths=paths, group=group, scope=scope,
-                                       model_id=model_id)
+                                       model_id=model_id, learn=learn)
     summary = XmpSummary(profile=profile, profiles=names, naming=naming, dry_run=dry_run, model=model)
     claimed: dict[Path, str] = {}
     for photo, content in plan.items():
@@ -817,4 +828,5 @@ def refresh_sidecars(
         paths=paths,
         overwrite_ratings=cfg.overwrite_ratings,
         group=settings.group.enabled,
+        learn=settings.learn,
     )

@@ -8,13 +8,20 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pmllm_batch.config import Settings
 
 from . import plural, positive_int, summary_line
 from .model_options import add_switch_option, checkpoint_path, scoring_settings
-from .view_options import add_view_options, view_of
+from .view_options import add_learn_option, add_view_options, learn_of, view_of
+
+if TYPE_CHECKING:
+    from pmllm_batch.db import RankedPhoto
+    from pmllm_batch.outputs.bursts import RankingView, TopChange
+    from pmllm_batch.outputs.personal import Learned
+    from pmllm_batch.scorer.summary import RunSummary
 
 # for a model registered before its note was stored (the demo preset was the only demo then)
 DEMO_NOTE = "demo: a tiny model trained on a synthetic task — scores show the mechanism, not anyone's real taste."
@@ -44,7 +51,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001); implies --engine ray; "
                         "overrides engine.address")
     add_view_options(parser, under=False)  # the ranking printed is of the photos under PATH... only
+    add_learn_option(parser)
     parser.set_defaults(func=run)
+
+
+@dataclass
+class Shown:
+    """One person's ranking as ``rank`` prints it: the top rows, what they learned from, what the stars changed."""
+
+    rows: list[RankedPhoto]
+    learned: Learned
+    change: TopChange | None  # None: a profile-only ranking (nothing to compare)
+
+    def note(self) -> str:
+        """``"learned from 3 of your ratings — 4 photos entered your top 10, 4 left"`` or ``"profile only"``."""
+        text = self.learned.describe()
+        return f"{text} — {self.change.describe()}" if self.change is not None else text
+
+    def to_json(self, name: str) -> dict[str, object]:
+        data: dict[str, object] = {"profile": name, "top": [r.__dict__ for r in self.rows],
+                                   "ranking": self.learned.ranking, "learned_from": self.learned.learned_from}
+        if self.change is not None:
+            data.update(entered_top=self.change.entered, left_top=self.change.left)
+        return data
+
+
+def read_shown(view: RankingView, names: list[str], top: int) -> dict[str, Shown]:
+    """Each person's top ``top`` of ``view``, with what it learned from and (learned rankings) what changed."""
+    out = {}
+    for name in names:
+        rows = view.ranking(name, top=top)
+        learned = view.learned(name)
+        change = None if learned.zero_shot else view.top_change(name, top)
+        out[name] = Shown(rows, learned, change)
+    return out
 
 
 def _summary_line(s: Mapping[str, object]) -> str:
@@ -86,6 +126,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     roots = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
     group, scope = view_of(args, settings, roots)  # checked before any work: a bad date is one sentence
+    learn, zero_shot = learn_of(args, settings)
     with Store(settings.db_url()) as store:
         # the library's model unless the command line names another (refused without --switch-model: exit 2)
         settings = scoring_settings(args, settings, store, args.profile).settings
@@ -97,25 +138,33 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             summary = LibraryScorer(settings, store, progress=progress).run(args.paths, args.profile)
         names = args.profile or [p.name for p in store.list_profiles()]
-        rankings = {}
+        rankings: dict[str, Shown] = {}
         if args.json or not args.quiet:  # -q prints nothing: no ranking is read (a cron run on a big library)
-            view = RankingView(store, group=group, scope=scope)
-            rankings = {n: view.ranking(n, top=args.top) for n in names}
+            view = RankingView(store, group=group, scope=scope, learn=learn, zero_shot=zero_shot)
+            rankings = read_shown(view, names, args.top)
         demo = summary.demo  # also when nothing loaded: the model is known from an earlier run
     s = summary.to_dict()
     if args.json:
-        for name, rows in rankings.items():
-            print(json.dumps({"profile": name, "top": [r.__dict__ for r in rows]}))
+        for name, shown in rankings.items():
+            print(json.dumps(shown.to_json(name)))
         print(json.dumps({**s, "demo": demo}))
         return 0
     if args.quiet:
         return 0  # -q: nothing on success (the rankings stay in the database: export, status, report)
+    _print_text(rankings, summary, settings, demo)
+    return 0
+
+
+def _print_text(rankings: Mapping[str, Shown], summary: RunSummary, settings: Settings, demo: bool) -> None:
+    """``rank``'s text: the demo note, each person's top (with what it learned from), the summary, what was not
+    ranked and why, every failed file."""
+    s = summary.to_dict()
     out = sys.stdout
     if demo:
         out.write(f"note: {summary.note or DEMO_NOTE}\n")
-    for name, rows in rankings.items():
-        out.write(f"\n{name} — top {len(rows)}\n")
-        for r in rows:
+    for name, shown in rankings.items():
+        out.write(f"\n{name} — top {len(shown.rows)}\n{name}: {shown.note()}\n")
+        for r in shown.rows:
             extra = [os.path.basename(p) for p in r.paths[1:]]
             note = f"  (+ {', '.join(extra)})" if extra else ""
             if r.group_size > 1:
@@ -135,4 +184,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         out.write("  not ranked: " + "; ".join(unranked) + "\n")
     for f in summary.failures:
         out.write(f"  failed: {f['path']}: {f['reason']} — {f['message']}\n")
-    return 0

@@ -15,7 +15,7 @@ from pmllm_batch.errors import UserError
 
 from . import positive_int, print_json
 from .model_options import add_checkpoint_option, output_model_id
-from .view_options import add_view_options, view_of
+from .view_options import add_learn_option, add_view_options, learn_of, view_of
 
 if TYPE_CHECKING:
     from pmllm_batch.outputs.report import ReportSummary
@@ -26,7 +26,8 @@ def _count(n: int, word: str) -> str:
 
 
 def format_summary(summary: ReportSummary) -> str:
-    """One line for the report, then one per photo shown without a thumbnail."""
+    """One line for the report, then one per photo shown without a thumbnail, then one per person whose ranking
+    learned from their ratings."""
     lines = [
         f"wrote {summary.index} ({_count(len(summary.people), 'profile')}, "
         f"{_count(summary.thumbnails_made, 'thumbnail')} made, {summary.thumbnails_reused} reused, "
@@ -35,6 +36,8 @@ def format_summary(summary: ReportSummary) -> str:
     ]
     for p in summary.problems:
         lines.append(f"  {p.path}: {p.reason} — {p.message}")
+    # whose ranking learned from their own stars (the gallery says it for everyone, "profile only" included)
+    lines += [f"  {person.name}: {person.learned}" for person in summary.people if person.learned_from]
     return "\n".join(lines) + "\n"
 
 
@@ -54,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
     add_checkpoint_option(parser)
     add_view_options(parser)
+    add_learn_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not os.path.exists(path):
             raise UserError(f"PATH {path} does not exist.")
     group, scope = view_of(args, settings)
+    learn, zero_shot = learn_of(args, settings)
     with Store(settings.db_url()) as store:
         model_id = output_model_id(args, settings, store)  # the library's model (None) or the one named
         summary = build_report(
@@ -79,6 +84,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             group=group,
             scope=scope,
             model_id=model_id,
+            learn=learn,
+            zero_shot=zero_shot,
         )
     if args.json:
         print_json(
@@ -86,6 +93,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "index": str(summary.index),
                 "people": {
                     p.name: {"page": p.page, "shown": len(p.photos), "ranked": p.ranked} for p in summary.people
+                },
+                # per person: "learned" or "profile only", and the ratings the ranking follows
+                "learned": {
+                    p.name: {"ranking": "learned" if p.learned_from else "profile only", "learned_from": p.learned_from}
+                    for p in summary.people
                 },
                 "demo": summary.demo,
                 "model": summary.model,

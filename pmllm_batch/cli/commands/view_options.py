@@ -1,7 +1,9 @@
-"""The options every output command shares: ``--no-group`` and the scope (``--under``, ``--since``, ``--until``).
+"""The options every output command shares: ``--no-group`` and the scope (``--under``, ``--since``, ``--until``);
+``--zero-shot`` (the profile-only ranking instead of the one learned from each person's stars).
 
 Not a command itself (it is not in :data:`pmllm_batch.cli.app.COMMAND_MODULES`); ``rank``, ``export``, ``albums``,
-``report`` and ``xmp`` call :func:`add_view_options` in ``register`` and :func:`view_of` in ``run``.
+``report`` and ``xmp`` call :func:`add_view_options` in ``register`` and :func:`view_of` in ``run``; ``rank``,
+``export``, ``albums`` and ``report`` also :func:`add_learn_option` and :func:`learn_of`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pmllm_batch.config import Settings
+from pmllm_batch.config import LearnSettings, Settings
 from pmllm_batch.outputs.scope import DATE_FORMATS, Scope
 
 
@@ -45,3 +47,17 @@ def view_of(
     under = [*paths, *(getattr(args, "under", None) or [])]
     scope = Scope.of(under or None, since=getattr(args, "since", None), until=getattr(args, "until", None))
     return grouping_of(args, settings), scope
+
+
+def add_learn_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--zero-shot``."""
+    parser.add_argument(
+        "--zero-shot", action="store_true",
+        help="the profile-only ranking, ignoring the person's own ratings (default: learned from their stars when "
+        "they rated photos; [learn] enabled)",
+    )
+
+
+def learn_of(args: argparse.Namespace, settings: Settings) -> tuple[LearnSettings, bool]:
+    """(``[learn]`` settings, profile-only?) from ``--zero-shot`` and the settings."""
+    return settings.learn, bool(getattr(args, "zero_shot", False))
