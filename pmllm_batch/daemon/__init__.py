@@ -9,7 +9,9 @@
   :mod:`~pmllm_batch.daemon.observer` (inotify or polling, health checks, re-watching),
   :mod:`~pmllm_batch.daemon.roots` (absent roots and their back-off), :mod:`~pmllm_batch.daemon.profiles` (which
   profiles, and what changed), :mod:`~pmllm_batch.daemon.batching` (folder events, moves, ``--once``'s wait for
-  settling files) and :mod:`~pmllm_batch.daemon.batchlog` (the per-batch log line and the run totals).
+  settling files), :mod:`~pmllm_batch.daemon.batchlog` (the per-batch log line and the run totals) and
+  :mod:`~pmllm_batch.daemon.sidecars` (``[learn] xmp_profile``: a changed XMP sidecar is the person's new rating;
+  ``[xmp] profile``: our sidecars kept fresh).
 """
 
 from __future__ import annotations

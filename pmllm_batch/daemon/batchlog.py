@@ -60,11 +60,15 @@ def log_batch(head: str, summary: RunSummary, *, files: int | None, profiles: in
 
 @dataclass
 class RunCounts:
-    """What a watch run did, by kind: event batches (numbered from 1 in the log), reconcile scans, profile updates."""
+    """What a watch run did, by kind: event batches (numbered from 1 in the log), reconcile scans, profile updates,
+    and the ratings learned from sidecars (:mod:`pmllm_batch.daemon.sidecars`: new or changed verdicts stored, and
+    verdicts forgotten because the person cleared the stars)."""
 
     batches: int = 0
     scans: int = 0
     profile_updates: int = 0
+    ratings_learned: int = 0
+    ratings_forgotten: int = 0
 
     def record(self, what: str) -> str:
         """Count one piece of work; its log line's head ("batch 3:", "reconcile (initial scan):")."""
@@ -78,10 +82,13 @@ class RunCounts:
         return f"{what}:"
 
     def as_dict(self) -> dict[str, int]:
-        return {"batches": self.batches, "scans": self.scans, "profile_updates": self.profile_updates}
+        return {"batches": self.batches, "scans": self.scans, "profile_updates": self.profile_updates,
+                "ratings_learned": self.ratings_learned, "ratings_forgotten": self.ratings_forgotten}
 
 
-def log_stopped(reason: str, totals: RunSummary, *, scans: int, batches: int, profile_updates: int = 0) -> None:
+def log_stopped(
+    reason: str, totals: RunSummary, *, scans: int, batches: int, profile_updates: int = 0, learned: int = 0
+) -> None:
     """The service's last line after a stop request: why, and what the whole run did.
 
     Args:
@@ -90,13 +97,15 @@ def log_stopped(reason: str, totals: RunSummary, *, scans: int, batches: int, pr
         scans: Reconcile scans run (the initial one included).
         batches: Event batches run (the ones numbered "batch N").
         profile_updates: Profile changes scored.
+        learned: Ratings learned from sidecars (said only when some were).
     """
     parts = [plural(scans, "scan"), plural(batches, "batch", "batches")]
     if profile_updates:
         parts.append(plural(profile_updates, "profile update"))
     done = ", ".join(parts[:-1]) + " and " + parts[-1]
-    log.info("stopped (%s) after %s: %d new, %d missing, vision %d, scored %s",
-             reason, done, totals.new, totals.missing, totals.encoded, plural(totals.scored, "pair"))
+    stars = f"; learned {plural(learned, 'rating')} from sidecars" if learned else ""
+    log.info("stopped (%s) after %s: %d new, %d missing, vision %d, scored %s%s",
+             reason, done, totals.new, totals.missing, totals.encoded, plural(totals.scored, "pair"), stars)
 
 
-__all__ = ["MAX_NAMED_FAILURES", "add_summary", "log_batch", "log_stopped", "plural"]
+__all__ = ["MAX_NAMED_FAILURES", "RunCounts", "add_summary", "log_batch", "log_stopped", "plural"]

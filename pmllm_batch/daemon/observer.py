@@ -64,6 +64,7 @@ class ObserverSupervisor:
         path_filter: Which paths can be photos (handed to the event handler).
         tracker: Where the event handler puts touched paths.
         request_rescan: Called with a reason whenever events may have been lost (from any thread).
+        sidecars: Offered every file path before the photo tracker (see :class:`PhotoEventHandler`).
     """
 
     def __init__(
@@ -73,12 +74,14 @@ class ObserverSupervisor:
         path_filter: PathFilter,
         tracker: SettleTracker,
         request_rescan: Callable[[str], None],
+        sidecars: Callable[[str], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.roots = roots
         self.filter = path_filter
         self.tracker = tracker
         self.request_rescan = request_rescan
+        self.sidecars = sidecars
         self.observer: BaseObserver | None = None
         self.mode = "none"  # "inotify" (or the platform's native observer), "polling", or "none" (not started)
         self._watches: dict[Path, ObservedWatch] = {}
@@ -114,7 +117,7 @@ class ObserverSupervisor:
         return f"full rescan every {interval:.0f}s" if interval > 0 else "no periodic rescan"
 
     def _schedule(self, observer: BaseObserver, root: Path) -> ObservedWatch:
-        handler = PhotoEventHandler(self.filter, self.tracker)
+        handler = PhotoEventHandler(self.filter, self.tracker, self.sidecars)
         watch = observer.schedule(handler, str(root), recursive=True, event_filter=EVENT_FILTER)
         self._watches[root] = watch
         return watch

@@ -12,7 +12,9 @@ Life of the service (everything here runs in the main thread; the observer threa
    re-reading profiles whenever :meth:`Store.profiles_version` changes (the library is scored for them from
    the visual-token cache, without vision), and unloading the models after ``idle_unload`` seconds idle;
    the models load when a photo first needs them (or at start with ``[watch] preload``), and a line says so
-   before a load starts, since one takes seconds to a minute;
+   before a load starts, since one takes seconds to a minute; with ``[learn] xmp_profile`` (or ``[xmp] profile``)
+   settled sidecar events are that person's stars, learned at once (:mod:`~pmllm_batch.daemon.sidecars`; each
+   reconcile also reads the sidecars that changed while nobody watched);
 4. on SIGTERM/SIGINT: the scorer stops after its in-flight chunk (each chunk is one committed transaction), the
    observer stops, the run is recorded, and the command exits 0. A chunk still running ``stop_grace_s`` seconds
    after the signal is abandoned (its uncommitted pairs are redone by the next start), so the daemon is gone within
@@ -32,7 +34,8 @@ The pieces, one concern each: :mod:`~pmllm_batch.daemon.signals` (stop requests,
 :mod:`~pmllm_batch.daemon.observer` (inotify or polling, health checks, re-watching),
 :mod:`~pmllm_batch.daemon.roots` (absent roots and their back-off), :mod:`~pmllm_batch.daemon.profiles` (which
 profiles, and what changed), :mod:`~pmllm_batch.daemon.batching` (folder events, moves, ``--once``'s wait) and
-:mod:`~pmllm_batch.daemon.batchlog` (the batch line). This module holds the loop that drives them.
+:mod:`~pmllm_batch.daemon.batchlog` (the batch line), :mod:`~pmllm_batch.daemon.sidecars` (the person's stars from
+their sidecars, and our sidecars kept fresh). This module holds the loop that drives them.
 
 Based on: immich machine-learning (lazy model load, unload after idle) and beets' resumable import state.
 """
@@ -56,43 +59,17 @@ from pmllm_batch.daemon.loading import LoadAnnouncer
 from pmllm_batch.daemon.observer import ENV_FORCE_NO_INOTIFY, ObserverSupervisor
 from pmllm_batch.daemon.profiles import ProfileSet
 from pmllm_batch.daemon.roots import ROOT_CHECK_MAX_S, RootMonitor, abs_path
+from pmllm_batch.daemon.sidecars import SidecarLearner, refresh_xmp_sidecars
 from pmllm_batch.daemon.signals import STOP_GRACE_S, StopControl, StopNow
 from pmllm_batch.daemon.watcher import SettleTracker
 from pmllm_batch.db.store import Store
-from pmllm_batch.errors import DBAccessError, UserError
+from pmllm_batch.errors import DBAccessError
 from pmllm_batch.log import get_logger
-from pmllm_batch.outputs.xmp import refresh_sidecars
 from pmllm_batch.scorer import LibraryScorer, ModelCache, RunSummary, check_folder
 
 log = get_logger("daemon")
 
 _HEALTH_EVERY_S = 5.0  # how often to check that the observer's threads are still alive
-
-
-def refresh_xmp_sidecars(store: Store, settings: Settings) -> None:
-    """``[xmp] profile = "NAME"``: keep that person's stars and everyone's keywords fresh in the sidecars.
-
-    Every sidecar is looked at (new photos move older photos' percentile stars); only changed ones are written.
-    A problem is logged and never stops the daemon.
-    """
-    if not settings.xmp.profile:
-        return
-    try:
-        result = refresh_sidecars(store, settings)
-    except UserError as exc:
-        log.warning("xmp sidecars not refreshed: %s", exc)
-        return
-    problems = ", ".join(f"{n} {reason}" for reason, n in result.problem_counts().items())
-    cleaned = result.cleaned_text()  # stale marks taken out: "2 sidecars cleaned: 2 left the ranking"
-    log.info(
-        "xmp sidecars for %s: %d created, %d updated, %d unchanged%s%s",
-        result.profile,
-        result.created,
-        result.updated,
-        result.unchanged,
-        f"; {cleaned}" if cleaned else "",
-        f"; problems: {problems}" if problems else "",
-    )
 
 
 class WatchService:
@@ -134,17 +111,18 @@ class WatchService:
         self.filter = self.scorer.path_filter(self.roots)
         self.tracker = SettleTracker(self.cfg.settle, self.cfg.debounce, max_batch=max_batch,
                                      is_image=self.filter.is_image)
-        self.supervisor = ObserverSupervisor(self.cfg, self.roots, self.filter, self.tracker, self.request_rescan)
+        self.counts = RunCounts()  # event batches (numbered from 1 in the log), reconcile scans, profile updates
+        self.learner = SidecarLearner(settings, store, self.filter, self.tracker, self.counts)  # [learn] xmp_profile
+        self.supervisor = ObserverSupervisor(self.cfg, self.roots, self.filter, self.tracker, self.request_rescan,
+                                             self.learner.offer)
         self.root_monitor = RootMonitor(self.roots, store)
         self.profile_set = ProfileSet(store, self.profile_names)
         self.totals = RunSummary()
-        self.counts = RunCounts()  # event batches (numbered from 1 in the log), reconcile scans, profile updates
         self.loading = LoadAnnouncer(self.models, str(settings.model.preset))
         self.health_every_s = _HEALTH_EVERY_S
         self._rescan_reason: str | None = None
         self._cut = False  # a chunk was abandoned after the grace period
-        self._next_reconcile = float("inf")
-        self._next_health = 0.0
+        self._next_reconcile, self._next_health = float("inf"), 0.0
 
     # control: safe from signal handlers and other threads (they only set flags)
 
@@ -183,12 +161,14 @@ class WatchService:
         """Run until stopped (or one reconcile with ``once``); returns the totals of everything done.
 
         Raises:
-            UserError: A root is a file (or, with ``once``, missing), or a named profile does not exist.
+            UserError: A root is a file (or, with ``once``, missing), or a named profile (``--profile``,
+                ``[learn] xmp_profile``) does not exist.
         """
         for root in self.roots:
             if self.once or root.exists():
                 check_folder(root, "watch")
         self.profile_set.load(initial=True)
+        self.learner.check()
         run_id = self.store.start_run(
             "watch", {"roots": [str(r) for r in self.roots], "profiles": self.profile_names, "once": self.once}
         )
@@ -242,7 +222,7 @@ class WatchService:
             log.warning("could not record the end of the watch run: %s", exc)
         if self.stopper.requested:
             log_stopped(self.stopper.reason, self.totals, scans=self.scans, batches=self.batches,
-                        profile_updates=self.counts.profile_updates)
+                        profile_updates=self.counts.profile_updates, learned=self.counts.ratings_learned)
 
     def _schedule_reconcile(self) -> None:
         interval = self.cfg.reconcile_interval
@@ -253,10 +233,8 @@ class WatchService:
         if now >= self._next_health and not self.once:
             self._next_health = now + self.health_every_s
             self.supervisor.check()
-        if self.root_monitor.due(now):
-            back = self.root_monitor.check()
-            if back:
-                self.request_rescan(f"photo folder {', '.join(map(str, back))} appeared")
+        if self.root_monitor.due(now) and (back := self.root_monitor.check()):
+            self.request_rescan(f"photo folder {', '.join(map(str, back))} appeared")
         if self._rescan_reason is not None or now >= self._next_reconcile:
             reason = self._rescan_reason or "periodic"
             self._rescan_reason = None
@@ -275,6 +253,7 @@ class WatchService:
             self._process_batch(batch)
         elif not self.tracker.waiting:
             self.models.maybe_unload()  # idle counts from the end of the last batch (ModelCache.touch)
+        self.learner.tick()  # sidecars that settled: the person's stars
 
     def _profiles_changed(self) -> None:
         change = self.profile_set.reload()
@@ -309,11 +288,11 @@ class WatchService:
             for path in settling:
                 self.tracker.touch(str(path))
             self._score(summary)
+            self.learner.catch_up(roots, reason)
         self.supervisor.ensure_watches()
         self._log_batch(f"reconcile ({reason})", summary, time.monotonic() - t0, files=summary.scanned)
 
-    def _expand_dir(self, folder: str) -> None:
-        """A folder appeared, vanished or moved: touch every photo below it, on disk and in the database."""
+    def _expand_dir(self, folder: str) -> None:  # a folder appeared, vanished or moved: touch every photo below it
         expand_dir(folder, self.tracker, self.filter, self.store)
 
     def _process_batch(self, paths: list[Path]) -> None:
@@ -327,6 +306,7 @@ class WatchService:
         if paths:
             self.scorer.sync(roots, summary, paths=paths, profiles=self.profile_set.rows)
             self._score(summary)
+            self.learner.photos_read(paths)
         self._log_batch("batch", summary, time.monotonic() - t0, files=len(paths))
 
     def _log_batch(self, what: str, summary: RunSummary, elapsed: float, files: int | None) -> None:
@@ -345,5 +325,5 @@ class WatchService:
 
 __all__ = [
     "ENV_FORCE_NO_INOTIFY", "MAX_NAMED_FAILURES", "ONCE_SETTLE_LIMIT_S", "RECENT_DIR_WINDOW_S", "ROOT_CHECK_MAX_S",
-    "STOP_GRACE_S", "WatchService",
+    "STOP_GRACE_S", "WatchService", "refresh_xmp_sidecars",
 ]

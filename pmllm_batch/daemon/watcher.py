@@ -69,7 +69,8 @@ _OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify
 Signature = tuple[int, int, int] | None  # (size, mtime_ns, inode); None = the path does not exist
 
 
-def _signature(path: str) -> Signature:
+def file_signature(path: str) -> Signature:
+    """(size, mtime_ns, inode) of ``path``, None when it does not exist."""
     try:
         st = os.stat(path)
     except OSError:
@@ -132,7 +133,7 @@ class SettleTracker:
     def touch(self, path: str, *, sniff: bool = False) -> None:
         """Record an event for ``path``: it must now stay unchanged for ``settle`` seconds before it is read."""
         now = self._clock()
-        sig = _signature(path)  # the state this event left behind, so the window starts at the event, not later
+        sig = file_signature(path)  # the state this event left behind, so the window starts at the event, not later
         with self._lock:
             self.events += 1
             if not sniff:
@@ -199,7 +200,7 @@ class SettleTracker:
         # stat outside the lock: a slow disk must not block the observer thread
         with self._lock:
             items = list(self._pending.items())
-        stats = [(path, entry, _signature(path)) for path, entry in items]
+        stats = [(path, entry, file_signature(path)) for path, entry in items]
         with self._lock:
             for path, entry, sig in stats:
                 if self._pending.get(path) is not entry:
@@ -247,17 +248,25 @@ class PhotoEventHandler(FileSystemEventHandler):
     Args:
         path_filter: Which paths can be photos.
         tracker: Where touched paths go.
+        sidecars: Offered every file path first; True means it took the path (an XMP sidecar while the daemon
+            learns stars from sidecars: :meth:`pmllm_batch.daemon.sidecars.SidecarLearner.offer`), and the photo
+            tracker never sees it.
     """
 
-    def __init__(self, path_filter: PathFilter, tracker: SettleTracker) -> None:
+    def __init__(
+        self, path_filter: PathFilter, tracker: SettleTracker, sidecars: Callable[[str], bool] | None = None
+    ) -> None:
         super().__init__()
         self.filter = path_filter
         self.tracker = tracker
+        self.sidecars = sidecars
 
     def _file(self, raw: bytes | str) -> None:
         if not raw:
             return  # the unknown half of an unpaired move
         path = os.fsdecode(raw)
+        if self.sidecars is not None and self.sidecars(path):
+            return
         kind = self.filter.classify(path)
         if kind is not None:
             self.tracker.touch(path, sniff=kind == "sniff")
