@@ -45,6 +45,8 @@ __all__ = [
     "PrefixT",
     "ScoresLike",
     "SkipReason",
+    "PROFILE_ONLY",
+    "learned_text",
 ]
 
 JSON: TypeAlias = "str | int | float | bool | None | list[JSON] | dict[str, JSON]"
@@ -147,3 +149,15 @@ class PhotoScorer(Protocol[PrefixT]):
     def score_cached(self, prefix: PrefixT, visual: torch.Tensor | None, batch: int | None = None) -> ScoresLike:
         """Tokens (B, n_tok, D_lm) scored against one profile's prefix."""
         ...
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Words every output uses for what a person's ranking learned from (rank, export, albums, report, status, profile)
+# ---------------------------------------------------------------------------------------------------------------------
+
+PROFILE_ONLY = "profile only"
+
+
+def learned_text(n_ratings: int) -> str:
+    """``"learned from 3 of your ratings"``, or ``"profile only"`` for 0."""
+    return f"learned from {n_ratings} of your ratings" if n_ratings > 0 else PROFILE_ONLY

@@ -122,6 +122,12 @@ def test_status_and_profile_list_print_the_same_on_both_paths(library: Library, 
     assert status["last_run"]["status"] == "interrupted"
     assert len(status["exif_warnings"]) == len(status["failures"]) == 2
     assert status["photos"]["missing"] and status["photos"]["skipped"] and status["visual_cache"]["evicted"] == 3
+    # each person's ranking: learned from their ratings of photos in the library (the rated content is ok), or not
+    first, *others = sorted(status["ratings"])
+    assert status["ratings"] == {first: 1, **{name: 0 for name in others}} and others
+    text = library.run("status")[1]
+    assert f"  {first}: learned from 1 of your ratings\n" in text
+    assert all(f"  {name}: profile only\n" in text for name in others)
 
     quick_outputs = [library.run(*args) for args in QUICK_COMMANDS]
     _store_path_only(monkeypatch)

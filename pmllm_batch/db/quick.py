@@ -134,8 +134,19 @@ def _status(conn: sqlite3.Connection, url: str) -> LibraryStatus:
         "visual_cache": {"entries": int(entries), "bytes": int(nbytes), "evicted": _int_or_zero(evicted)},
         "failures": _failures(conn),
         "last_run": _last_run(conn),
+        "ratings": _ratings(conn),
         "db": url,
     }
+
+
+def _ratings(conn: sqlite3.Connection) -> dict[str, int]:
+    """Profile name -> ratings of content an ok photo still has (``db.ratings.counts_by_profile(in_library=True)``)."""
+    rows = conn.execute(
+        "SELECT p.name, count(r.id) FROM profiles p LEFT JOIN ratings r ON r.profile_id = p.id AND r.content_hash IN "
+        "(SELECT content_hash FROM photos WHERE status = 'ok' AND content_hash IS NOT NULL) GROUP BY p.id, p.name "
+        "ORDER BY p.name"
+    )
+    return {str(name): int(n) for name, n in rows}
 
 
 def _int_or_zero(raw: str | None) -> int:

@@ -77,6 +77,8 @@ class LibraryStatus(TypedDict):
     visual_cache: CacheStatus
     failures: list[FailedPhoto]  # every failed photo, by path
     last_run: RunInfo | None
+    # profile name -> the person's ratings of photos in the library (what their ranking learns from; 0 = profile only)
+    ratings: dict[str, int]
     db: str  # the database URL, password hidden
     read_only: NotRequired[bool]
     check: NotRequired[StatusCheck]
@@ -505,13 +507,16 @@ class Store(LinkStore, RatingStore):  # bursts, near-duplicates, RAW twins (db.l
             "photos_scored_current_model" (photos it scored: the most for one profile), "visual_cache" (the feature
             cache): {"entries", "bytes", "evicted"}, "failures": [{"path", "reason", "message"}] (every failed photo, by
             path), "exif_warnings": [{"path", "warning"}] (ok photos whose EXIF could not be read, by path),
-            "last_run" (or None), "db"}.
+            "last_run" (or None), "ratings" ({profile name: the person's ratings of photos in the library}), "db"}.
         """
+        from pmllm_batch.db.ratings import counts_by_profile
+
         with self._db.read() as s:
             mid = models.current_id(s)
             entries, nbytes = features.totals(s)
             evicted = features.evicted_count(s)
             scored = scores.per_profile(s, mid)  # one pass over the (profile, model) index for both counts
+            rated = counts_by_profile(s, in_library=True)
             return {
                 "photos": photos.count_by_status(s),
                 "profiles": profiles.count(s),
@@ -523,5 +528,6 @@ class Store(LinkStore, RatingStore):  # bursts, near-duplicates, RAW twins (db.l
                 "visual_cache": {"entries": entries, "bytes": nbytes, "evicted": evicted},
                 "failures": photos.failures(s),
                 "last_run": runs.last(s),
+                "ratings": {p.name: sum(rated.get(p.id, {}).values()) for p in profiles.list_all(s)},
                 "db": self._db.safe_url,
             }

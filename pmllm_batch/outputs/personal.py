@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from pmllm_batch.config import LearnSettings
-from pmllm_batch.contracts import JSONDict
+from pmllm_batch.contracts import PROFILE_ONLY, JSONDict, learned_text
 from pmllm_batch.learn import FeatureSpec, LearnerConfig, TasteState, fit_taste, verdicts_win
 from pmllm_batch.log import get_logger
 
@@ -62,13 +62,7 @@ log = get_logger("outputs.personal")
 SPEC_SAMPLE = 5000  # at most this many photos' embeddings fit the feature spec (evenly spread by content hash)
 FEATURE_KIND = "photo-embedding"  # FeatureSpec.kind: the pooled, unit-length embeddings of photo_embeddings
 DIGEST_VERSION = 1
-PROFILE_ONLY = "profile only"
 REJECTED = -1
-
-
-def learned_text(n_ratings: int) -> str:
-    """``"learned from 3 of your ratings"``, or ``"profile only"`` for 0: the words every output uses."""
-    return f"learned from {n_ratings} of your ratings" if n_ratings > 0 else PROFILE_ONLY
 
 
 @dataclass(frozen=True)

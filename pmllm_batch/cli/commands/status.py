@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from pmllm_batch.config import Settings
-from pmllm_batch.contracts import PhotoStatus
+from pmllm_batch.contracts import PhotoStatus, learned_text
 from pmllm_batch.db import quick
 from pmllm_batch.db.plain import model_label
 from pmllm_batch.errors import DBAccessError
@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 # pmllm_batch.db.quick; the Store (and SQLAlchemy with it) is imported only for the other cases and for --check.
 
 
-def format_status(status: LibraryStatus, *, verbose: bool = False) -> str:
-    """Human-readable report of :meth:`Store.status`: counts first, the library's model, then one line per failed
-    photo (and with ``verbose`` one per photo whose EXIF could not be read)."""
+def format_status(status: LibraryStatus, *, verbose: bool = False, learning: bool = True) -> str:
+    """Human-readable report of :meth:`Store.status`: counts first (each person's ranking: learned from how many of
+    their ratings, or profile only), the library's model, then one line per failed photo (and with ``verbose`` one
+    per photo whose EXIF could not be read). ``learning``: ``[learn] enabled``."""
     photos = status["photos"]
     lines = [
         f"database: {status['db']}",
@@ -33,6 +34,10 @@ def format_status(status: LibraryStatus, *, verbose: bool = False) -> str:
            if photos.get(PhotoStatus.SKIPPED) else ""),
         f"profiles: {status['profiles']}",
     ]
+    for name, n in (status.get("ratings") or {}).items():
+        said = learned_text(n if learning else 0)
+        lines.append(f"  {name}: {said}" + (f" ({plural(n, 'rating')} kept; [learn] enabled = false)"
+                                             if n and not learning else ""))
     current = status.get("current_model")
     others = status["models"] - (1 if current else 0)
     more = f"; {plural(others, 'other model')} in the library" if others > 0 else ""
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(status)
     else:
-        text = format_status(status, verbose=bool(args.verbose))
+        text = format_status(status, verbose=bool(args.verbose), learning=settings.learn.enabled)
         if status.get("read_only"):
             text += "database is read-only for this user: it can be read, not written\n"
         if "check" in status:

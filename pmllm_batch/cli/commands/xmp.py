@@ -78,6 +78,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             group=group,
             scope=scope,
             model_id=model_id,
+            learn=settings.learn,
         )
     if summary.model is None:
         log.warning("nothing is scored yet; run `pmllm-batch rank PATH` first")
