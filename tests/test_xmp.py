@@ -322,6 +322,29 @@ def test_a_sidecar_marked_read_only_is_left_alone(library: Library) -> None:
     assert target.read_text(encoding="utf-8") == USER_SIDECAR
 
 
+def test_a_sidecar_the_photo_app_saves_during_the_merge_is_left_as_the_app_wrote_it(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pmllm_batch.outputs.xmp as xmp_module
+
+    target = sidecar(library.ranking("ana")[0].path)
+    target.unlink(missing_ok=True)
+    check = xmp_module._write_problem  # runs after our merge was computed, before it is written
+
+    def app_saves_meanwhile(folder: Path, path: Path, *args: object) -> object:
+        if path == target and not target.exists():  # digiKam writes the person's stars while we merge
+            target.write_text(USER_SIDECAR, encoding="utf-8")
+        return check(folder, path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(xmp_module, "_write_problem", app_saves_meanwhile)
+    summary = library.xmp("--profile", "ana")
+    assert summary["problem_counts"] == {"changed_while_writing": 1}
+    assert target.read_text(encoding="utf-8") == USER_SIDECAR  # the app's write survives
+    monkeypatch.undo()
+    again = library.xmp("--profile", "ana")  # the next run merges it, keeping the person's rating
+    assert again["problem_counts"] == {} and 'xmp:Rating="' in target.read_text(encoding="utf-8")
+
+
 def test_an_unknown_profile_is_one_sentence_and_writes_nothing(library: Library) -> None:
     before = tree_digest(library.lib)
     code, out, err = library.run("xmp", "--profile", "zed")

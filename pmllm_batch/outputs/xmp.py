@@ -82,6 +82,7 @@ REASONS = (
     "read_only_sidecar",  # the existing sidecar is marked read-only
     "sidecar_shared",  # replace naming: another photo of the same stem already uses this sidecar
     "write_failed",  # any other file-system error while writing
+    "changed_while_writing",  # another program (the person's photo app) wrote the sidecar while it was being merged
 )
 
 # Why stale marks of ours were taken out of a sidecar, each counted in XmpSummary.cleaned (one reason per sidecar, the
@@ -669,6 +670,20 @@ def _write_problem(folder: Path, sidecar: Path, existing_st: os.stat_result | No
     return None
 
 
+def _changed_since(sidecar: Path, read: os.stat_result | None) -> bool:
+    """Whether the sidecar is no longer the file that was read (``read``: its stat then; None: there was none), e.g.
+    because the person's photo app saved their new stars meanwhile: writing our merge would lose them."""
+    try:
+        now = sidecar.stat()
+    except FileNotFoundError:
+        return read is not None
+    except OSError:
+        return False  # the write itself says what is wrong
+    if read is None:
+        return True
+    return (now.st_ino, now.st_size, now.st_mtime_ns) != (read.st_ino, read.st_size, read.st_mtime_ns)
+
+
 def _update_sidecar(
     summary: XmpSummary,
     photo: str,
@@ -713,6 +728,10 @@ def _update_sidecar(
     blocked = _write_problem(sidecar.parent, sidecar, existing_st)
     if blocked is not None:
         problem(*blocked)
+        return
+    if not summary.dry_run and _changed_since(sidecar, existing_st):
+        problem("changed_while_writing", "another program wrote the sidecar while it was being merged; it was left "
+                "as that program wrote it (the next run merges it)")
         return
     if not summary.dry_run:
         try:
