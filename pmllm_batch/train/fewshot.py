@@ -55,6 +55,10 @@ ridge while ratings are few (the profile prior is worth about 10 ratings here) a
 choosing λ per person by evidence (``residual_evidence``) is too cautious with few ratings, and the RBF
 ``kernel`` correction learns more slowly than the linear one on these features.
 
+``scripts/eval_fewshot.sh PRESET ADAPTER OUT`` makes that population and runs that command; the README ("Learning from
+your stars") has the table for demo and for smol (SmolLM2-135M: zero-shot 0.665, learner 0.763 at k = 10 against
+0.712 stars-only, 0.865 at k = 50).
+
 The model runs once per (person, photo) for the zero-shot scores and once per photo for the features
 (``train.evaluate.predict`` and ``train.features.image_features``, as ``eval`` does); everything after that is
 numpy. Features are the tower's, mean-pooled over patches, and reduced by a
