@@ -204,12 +204,14 @@ def test_a_second_ray_run_does_nothing_and_a_new_profile_is_scored_from_the_cach
 
 @needs_ray
 @needs_smol
-@pytest.mark.slow  # the GGUF conversion and four SmolLM2 loads on two cores: minutes
-@pytest.mark.integration
-def test_smol_through_ray_gives_the_local_scores(
+@pytest.mark.integration  # not `slow` (which the default run deselects): the CI command must run it
+@pytest.mark.timeout(1200)  # the first smol test of a session pays for the GGUF conversion (minutes on a busy machine)
+def test_smol_through_ray_gives_the_local_scores_failed_rows_and_nothing_to_do_again(
     env: CLIEnv, ray_session: None, smol_cache: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch,
     example_photos: list[Path],
 ) -> None:
+    """The real SmolLM2 (smol preset, its shipped adapter) through both engines: four photos, the hostile files, two
+    profiles. Three SmolLM2 loads in all (local; a vision and a scoring actor); the second Ray run loads none."""
     cache = env.root / "cache"  # SmolLM2 as the first smol run converts it (made once per session), the shared tower
     cache.mkdir()
     (cache / "llm").symlink_to(smol_cache / "llm", target_is_directory=True)
@@ -221,22 +223,40 @@ def test_smol_through_ray_gives_the_local_scores(
     lib.mkdir()
     for photo in example_photos[:4]:
         shutil.copy2(photo, lib / photo.name)
+    bad = make_bad_files(lib / "bad")  # every hostile file of the scan tests: reason -> path
     dbs = {engine: env.root / f"{engine}.sqlite" for engine in ("local", "ray")}
     summaries = {}
     for engine, db in dbs.items():
-        code, _, err = env.run_cli("--db", str(db), "profile", "add", str(env.write_profile("ana", **PROFILES["ana"])))
-        assert code == 0, err
-        code, out, err = env.run_cli("--db", str(db), "--preset", "smol", "rank", str(lib), "--json",
-                                     "--engine", engine)
-        assert code == 0, err
-        summaries[engine] = json.loads(out.strip().splitlines()[-1])
-    assert summaries["ray"]["scored"] == summaries["local"]["scored"] == 4
+        for name in ("ana", "bernd"):
+            path = env.write_profile(name, **PROFILES[name])
+            code, _, err = env.run_cli("--db", str(db), "profile", "add", str(path))
+            assert code == 0, err
+        summaries[engine] = _smol_rank(env, db, lib, engine)
+    n_ok = len(_ok_hashes(dbs["local"]))
+    assert n_ok == 4 and summaries["ray"]["scored"] == summaries["local"]["scored"] == 2 * n_ok
     assert summaries["ray"]["model"] == summaries["local"]["model"]
+    assert summaries["ray"]["failed"] == summaries["local"]["failed"] == len(bad)
     local, remote = _scores(dbs["local"]), _scores(dbs["ray"])
-    assert set(remote) == set(local) and len(local) == 4
+    assert set(remote) == set(local) and len(local) == 2 * n_ok
     for key, (score, probs) in local.items():
         assert remote[key][0] == pytest.approx(score, abs=TOLERANCE), key
         assert remote[key][1] == pytest.approx(probs, abs=TOLERANCE), key
+    assert _photos(dbs["ray"]) == _photos(dbs["local"])  # every row: status, failure reason and message
+    failed = {p: why for p, (status, why, _) in _photos(dbs["ray"]).items() if status == "failed"}
+    assert failed == {str(path): reason for reason, path in bad.items()}
+    again = _smol_rank(env, dbs["ray"], lib, "ray")
+    assert (again["new"], again["encoded"], again["scored"]) == (0, 0, 0) and again["failed"] == len(bad)
+    assert _scores(dbs["ray"]) == remote
+
+
+def _smol_rank(env: CLIEnv, db: Path, lib: Path, engine: str) -> dict[str, Any]:
+    code, out, err = env.run_cli("--db", str(db), "--preset", "smol", "rank", str(lib), "--json", "--engine", engine)
+    assert code == 0, err
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _ok_hashes(db: Path) -> set[str]:
+    return {h for status, _, h in _photos(db, "content_hash").values() if status == "ok" and h}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

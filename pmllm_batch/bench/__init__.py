@@ -15,6 +15,11 @@ Sections (each a function returning its result dataclass; :func:`run_bench` runs
 7. **Model load** — ONNX backend with a warm artefact, no torch tower against the tower built (fresh processes).
 8. **End to end** — ``rank`` of new photos for four profiles on one thread (float32 and int8 LLM), a no-op rank of
    an unchanged library, and start-up times (a child process).
+9. **Ray** — the Ray engine with 1 and 2 scoring actors against the local engine on the same library
+   (``ray_pairs_per_s_1_actor``, ``ray_pairs_per_s_2_actors``; :mod:`.ray`; ``bench --only ray``; left out by
+   ``--quick``); :mod:`.cost` turns the counted FLOPs into the cluster cost estimate at paper shapes.
+10. **Learning from stars** — one new rating to a fresh learned ranking of a 20,000-photo library on one thread
+    (``learn_rerank_s``, :mod:`.learn`; ``python -m pmllm_batch.bench.learn``; left out by ``--quick``).
 
 How it measures: every arm runs in this process with the same thread count (probed, or ``--threads``); arms
 are interleaved round by round (alternating order) so a noisy neighbour slows all arms alike; each figure is

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 from .end_to_end import EndToEndResult
 from .inputs import MIN_PERSONA_TOKENS
+from .learn import learn_checks, learn_rows
 from .library import N_NEW_PHOTOS, LibraryResult, SectionError
 from .load import LoadResult
+from .ray import ray_checks, ray_rows
 
 if TYPE_CHECKING:
     from .int8 import Int8Result
@@ -53,6 +55,8 @@ def checks(result: BenchResult) -> dict[str, bool | None]:
         "paper_cache_at_most_300kb": (h.visual_cache_bytes_per_photo.get("paper") or 10**9) <= 300_000,
         # the parity targets are stated for the real-LLM (smol) and cpu shapes, on a full run's 32 distinct images
         "llm_int8_scores_kept": bool(result.llm_int8.parity) if result.preset in ("smol", "cpu") and full else None,
+        **ray_checks(result.ray),  # section 9's targets (no keys when it did not run)
+        **learn_checks(result.learn),  # section 10's target (no key when it did not run)
     }
 
 
@@ -89,6 +93,8 @@ def table_rows(result: BenchResult) -> list[Row]:
     rows += _load_rows(result.model_load)
     rows += _e2e_rows(result.end_to_end, result.visual_cache_bytes_per_photo)
     rows += _limit_rows(result.limit, result.threads_probe)
+    rows += ray_rows(result.ray)
+    rows += learn_rows(result.learn)
     return rows
 
 

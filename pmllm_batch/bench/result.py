@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from .codec import Json, from_json, to_json
 from .end_to_end import EndToEndResult, StartupTimes
 from .int8 import Int8Result
+from .learn import LearnResult
 from .library import LibraryResult, SectionError
 from .limit import LimitResult
 from .load import LoadResult
 from .machine import MachineInfo
 from .prefix_cache import PrefixCacheResult
+from .ray import RayResult
 from .vision import VisionResult
 
 
@@ -64,6 +66,15 @@ class Headline:
     startup_s: StartupTimes | None
     visual_cache_bytes_per_photo: dict[str, int | None]  # preset -> float16 tower features per photo
     threads: int
+    # section 9 (.ray); absent from the JSON when it did not run (--quick), None when Ray is missing or it failed
+    ray_pairs_per_s_1_actor: float | None = None
+    ray_pairs_per_s_2_actors: float | None = None
+    ray_local_engine_pairs_per_s: float | None = None
+    # section 10 (.learn): one new rating to a fresh 20,000-photo ranking; absent from the JSON when it did not run
+    learn_rerank_s: float | None = None
+
+
+RAY_KEYS = ("ray_pairs_per_s_1_actor", "ray_pairs_per_s_2_actors", "ray_local_engine_pairs_per_s")
 
 
 @dataclass
@@ -88,6 +99,8 @@ class BenchResult:
     elapsed_s: float = 0.0
     checks: dict[str, bool | None] = field(default_factory=dict)  # see report.checks
     reports: dict[str, str] | None = None  # "json" / "markdown" -> path, once written
+    ray: SectionError | RayResult | None = None  # section 9; None: not run (--quick)
+    learn: LearnResult | SectionError | None = None  # section 10; None: not run (--quick)
 
     @property
     def headline(self) -> Headline:
@@ -99,6 +112,12 @@ class BenchResult:
         data = to_json(self)
         tail = {k: data.pop(k) for k in ("visual_cache_bytes_per_photo", "elapsed_s", "checks", "reports")}
         data.update(to_json(self.headline))
+        if self.ray is None:  # section 9 did not run (--quick): neither it nor its figures are in the JSON
+            for key in ("ray", *RAY_KEYS):
+                data.pop(key)
+        if self.learn is None:  # section 10 did not run (--quick)
+            for key in ("learn", "learn_rerank_s"):
+                data.pop(key)
         data["elapsed_s"] = tail["elapsed_s"]
         data["checks"] = tail["checks"]
         if tail["reports"] is not None:
@@ -148,4 +167,14 @@ def _headline(s: BenchResult) -> Headline:
         startup_s=noop.startup_s if noop else None,
         visual_cache_bytes_per_photo=s.visual_cache_bytes_per_photo,
         threads=s.machine.threads,
+        learn_rerank_s=s.learn.learn_rerank_s if isinstance(s.learn, LearnResult) else None,
+        **_ray_headline(s.ray),
     )
+
+
+def _ray_headline(ray: SectionError | RayResult | None) -> dict[str, float | None]:
+    """Section 9's figures for the headline (None where it did not measure them)."""
+    if not isinstance(ray, RayResult):
+        return {}
+    return dict(zip(RAY_KEYS, (ray.ray_pairs_per_s_1_actor, ray.ray_pairs_per_s_2_actors,
+                               ray.local_engine_pairs_per_s), strict=True))

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
     from pmllm_batch.model.pmllm import PMLLM
 
+    from .learn import LearnResult
+    from .ray import RayResult
+
 log = get_logger("bench")
 
 
@@ -174,6 +177,8 @@ def run_bench(
             model_load = _load_section(run, inproc.machine.threads, inproc.checkpoint)
             library = _library_section(run, inproc.machine.threads, inproc.checkpoint)
             end_to_end = _end_to_end_section(run, inproc.checkpoint)
+            ray = None if quick else _ray_section(run)  # --quick: left out (a Ray start); `bench --only ray` runs it
+            learn = None if quick else _learn_section(run)  # --quick: left out; python -m pmllm_batch.bench.learn
     finally:
         shutil.rmtree(run.work, ignore_errors=True)
     inproc.machine.load_average_end = load_average()
@@ -194,6 +199,8 @@ def run_bench(
         end_to_end=end_to_end,
         visual_cache_bytes_per_photo=visual_cache_bytes_per_photo(),
         elapsed_s=time.perf_counter() - started,
+        ray=ray,
+        learn=learn,
     )
     result.checks = checks(result)
     write_reports(result, out_dir)
@@ -407,6 +414,29 @@ def _end_to_end_section(run: _Run, checkpoint: str) -> EndToEndResult | SectionE
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             log.error("%s", exc)
             return SectionError(str(exc))
+
+
+def _ray_section(run: _Run) -> RayResult | SectionError:
+    """Section 9 in a child process (:mod:`.ray`): the Ray engine with 1 and 2 scoring actors against the local
+    engine, on the demo model whatever the preset (a reason instead of figures when Ray is not installed)."""
+    from .ray import RAY_SIZES, RaySpec, measure_ray
+
+    sizes = RAY_SIZES[run.quick]
+    run.say(f"Ray engine, 1 and 2 scoring actors, vs the local engine: {sizes.photos} photos x 4 profiles (section 9)")
+    spec = RaySpec(work=str(run.work / "ray"), cache_dir=str(run.cache_dir), photos=[str(p) for p in run.sources],
+                   n_photos=sizes.photos, rounds=sizes.rounds)
+    with timed(run.timings, "ray_s"):
+        return measure_ray(spec)
+
+
+def _learn_section(run: _Run) -> LearnResult | SectionError:
+    """Section 10 in a child process on one BLAS thread (:mod:`.learn`): one new rating to a fresh ranking of a
+    20,000-photo library (synthetic values, the real tables and code), whatever the preset."""
+    from .learn import N_PHOTOS, measure_learn
+
+    run.say(f"one new rating to a fresh ranking of a {N_PHOTOS:,}-photo library, 1 thread (section 10)")
+    with timed(run.timings, "learn_s"):
+        return measure_learn(run.work / "learn")
 
 
 def visual_cache_bytes_per_photo() -> dict[str, int | None]:

@@ -24,13 +24,14 @@ loading anything. Ray itself is imported only when a run needs it (``pip install
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,9 +69,12 @@ __all__ = [
     "WorkerNodeError",
     "RayScorer",
     "ScoringStage",
+    "Throughput",
     "VisionStage",
     "ray_throughput",
     "require_ray",
+    "scoring_throughput",
+    "warm_up",
 ]
 
 RAY_EXTRA = 'pip install "pmllm-batch[ray]"'
@@ -299,6 +303,18 @@ class _Read:
     encoded: list[str]
 
 
+def warm_up(loaded: LoadedModels) -> None:
+    """Score one photo of zero features against a throwaway persona and forget both: the LLM path's one-time lazy set-up
+    (the chat template compiled, the first kernels) then happens when the models load, not in the first batch an
+    actor scores. No score, prefix or cache entry is kept."""
+    import torch
+
+    features = np.zeros((1, int(loaded.vision.num_features), int(loaded.vision.dim)), dtype=np.float32)
+    tokens = stages.project(loaded.model, [features[0]])
+    with torch.inference_mode():
+        loaded.model.score_cached(loaded.model.encode_prefix("a person"), tokens)
+
+
 def register_model(store: Store, loaded: LoadedModels, settings: Settings, recipe: str) -> KnownModel:
     """Register the loaded model through :class:`ModelRegistry`, as the local engine does (fingerprint, preset, demo
     flag and note; the recipe with its vision graph). Safe when several actors do it at once: one that lost the race to
@@ -330,6 +346,7 @@ class ScoringStage(_Actor):
         self.profiles = dict(job.profiles)
         self._prefixes: dict[int, PrefixState] = {}
         self.batch_size = int(job.settings.score.batch_size)
+        warm_up(self.loaded)  # with the model load, not in the first batch
 
     def _prefix(self, profile_id: int) -> PrefixState:
         if profile_id not in self._prefixes:
@@ -355,8 +372,10 @@ class ScoringStage(_Actor):
 
     def score(self, hashes: Sequence[str]) -> tuple[int, int]:
         """Score every missing pair among ``hashes`` for the job's profiles; (pairs written, photos encoded again)."""
-        todo = {pid: [h for h in hashes if h not in self.store.scored_among(pid, self.model.id, hashes)]
-                for pid in self.profiles}
+        todo: dict[int, list[str]] = {}
+        for pid in self.profiles:  # one query per profile (not one per photo and profile)
+            done = self.store.scored_among(pid, self.model.id, hashes)
+            todo[pid] = [h for h in hashes if h not in done]
         wanted = {h for pending in todo.values() for h in pending}
         need = [h for h in hashes if h in wanted]
         if not need:
@@ -446,6 +465,11 @@ class RayScorer:
             ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # rank shows its own (stderr on a terminal), -q none
         ctx.print_on_execution_start = False
+        # Ray Data reserves each operator a share of the cluster's CPUs and object store and holds back tasks past it:
+        # with a pool using half a small cluster's CPUs (two actors of 0.5 on two CPUs) it kept one batch in flight
+        # for the whole pool. Our blocks are rows of paths and hashes (features travel through the database), so there
+        # is no memory to protect: the pools' sizes are the limit.
+        ctx.op_resource_reservation_enabled = False
         if not log.isEnabledFor(logging.INFO):  # Ray Data's "execution finished" lines and hints only for -v
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             for name in ("ray.data._internal.progress", "ray.data._internal.issue_detection"):
@@ -673,15 +697,68 @@ class _Progress:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Throughput:
+    """One scoring pass: the pairs its actors wrote and the seconds they took, from the first scoring call's start to
+    the last one's end on the actors' clocks (model loads and Ray's start-up left out; the feature reads, persona
+    prefixes and writes in)."""
+
+    actors: int
+    pairs: int
+    seconds: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.pairs and self.seconds > 0 else 0.0
+
+
+@contextlib.contextmanager
+def _pools_ready_first(timeout_s: int = 600) -> Iterator[None]:
+    """Ray Data hands out batches as soon as one actor of a pool is ready (the others still loading the models), so a
+    throughput measured without waiting would time one actor doing the work of several: wait for every actor first."""
+    from ray.data import DataContext
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = DataContext.get_current()
+    before = ctx.wait_for_min_actors_s
+    ctx.wait_for_min_actors_s = timeout_s
+    try:
+        yield
+    finally:
+        ctx.wait_for_min_actors_s = before
+
+
+def scoring_throughput(settings: Settings, store: Store, n_actors: int,
+                       profiles: Sequence[ProfileRow] | None = None) -> Throughput:
+    """Score every (photo, profile) pair that ``store``'s library lacks for ``profiles`` (default: every profile)
+    with ``n_actors`` scoring actors, from the feature cache, and time it (:class:`Throughput`).
+
+    The library's features must be cached (rank it first, with either engine); every actor of the pool is ready
+    before the first batch is handed out. Uses Ray as it finds it (an initialised Ray, ``[engine] address``, else a
+    local one, shut down again).
+    """
+    engine = dataclasses.replace(settings.engine, kind="ray", scoring_actors=int(n_actors))
+    scorer = RayScorer(dataclasses.replace(settings, engine=engine), store)
+    scorer.connect()
+    try:
+        rows = list(profiles) if profiles is not None else store.list_profiles()
+        with _pools_ready_first():
+            result = scorer.process([], scorer._leftover(rows, scorer._known()), rows, RunSummary())
+    finally:
+        scorer.close()
+    span = result.ended - result.started if result.scored else 0.0
+    return Throughput(int(n_actors), result.scored, max(span, 0.0))
+
+
 def ray_throughput(settings: Settings, photos_dir: str | Path, n_actors: int, *,
                    profiles: Iterable[Profile] | None = None) -> float:
     """Scoring throughput of ``n_actors`` scoring actors, in (photo, profile) pairs per second.
 
     Ranks ``photos_dir`` once into a throwaway SQLite library (so the features are cached), then adds the other
-    profiles and scores every pair from the cache with ``n_actors`` scoring actors: the figure is those pairs over the
-    wall time from the first scoring call's start to the last one's end, on the actors' clocks (model loads and Ray's
-    start-up left out; the feature reads, prefixes and writes in). Uses Ray as it finds it (an initialised Ray,
-    ``[engine] address``, else a local one). 64 photos and the default profiles (4 scored) make 256 pairs.
+    profiles and scores every pair from the cache with :func:`scoring_throughput`. Uses Ray as it finds it (an
+    initialised Ray, ``[engine] address``, else a local one). 64 photos and the default profiles (4 scored) make 256
+    pairs. The bench's Ray arm (:mod:`pmllm_batch.bench.ray`) measures the same way, against the local engine.
     """
     import tempfile
 
@@ -700,12 +777,9 @@ def ray_throughput(settings: Settings, photos_dir: str | Path, n_actors: int, *,
                 scorer.run([photos_dir])  # reads, encodes and scores the first profile: the features are cached
                 for person in people[1:]:
                     store.upsert_profile(person, render_persona(person))
-                rows = store.list_profiles()
-                result = scorer.process([], scorer._leftover(rows, scorer._known()), rows, RunSummary())
+                return scoring_throughput(bench, store, n_actors).pairs_per_s
             finally:
                 scorer.close()
-    span = result.ended - result.started
-    return result.scored / span if result.scored and span > 0 else 0.0
 
 
 def _bench_profiles() -> list[Profile]:

@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="folder of real photos to derive the bench images from (default: examples/photos)",
     )
+    parser.add_argument(
+        "--only",
+        choices=("ray",),
+        default=None,
+        help="measure one section alone: ray (the Ray engine with 1 and 2 scoring actors against the local engine; "
+        "writes bench-ray.json)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,6 +68,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not quiet:
             print(f"bench: {message}", file=sys.stderr, flush=True)
 
+    if getattr(args, "only", None) == "ray":
+        from pmllm_batch.bench.ray import run_only
+
+        return run_only(args.out, args.quick, photos=args.photos, as_json=args.json, progress=progress)
     result = run_bench(preset, args.out, args.quick, threads=args.threads, photos=args.photos, progress=progress)
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
