@@ -33,19 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pmllm_batch.bench.cost import LLAMA3_8B  # noqa: E402  Llama-3-8B's shapes, also what the cost model counts
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LM = REPO / "pmllm_batch" / "assets" / "demo" / "lm"
 PAPER_FUSION_LAYERS = (0, 1, 2)
-LLAMA3_8B = {
-    "hidden_size": 4096,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

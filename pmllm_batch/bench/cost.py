@@ -37,7 +37,7 @@ from .timing import count_flops
 if TYPE_CHECKING:
     from pmllm_batch.model.pmllm import PMLLM
 
-# Llama-3-8B's shapes (export/paper_shapes.py builds the same model with random weights to time it)
+# Llama-3-8B's shapes (export/paper_shapes.py imports them to build the same model with random weights and time it)
 LLAMA3_8B: dict[str, float] = {
     "hidden_size": 4096,
     "num_attention_heads": 32,
